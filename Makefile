@@ -1,0 +1,35 @@
+# Every target sets up what it needs: a .venv with the CPU torch wheel installed FIRST, then longvid.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench clean check-no-torchvision
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[all,test]"
+	$(MAKE) --no-print-directory check-no-torchvision
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# torchvision / timm are CUDA-only builds here and break transformers' image utilities
+check-no-torchvision:
+	@$(PY) -c "import importlib.util as u, sys; bad=[m for m in ('torchvision','timm') if u.find_spec(m)]; \
+	sys.exit(f'remove {bad}: CUDA-only here, they break transformers image utils' if bad else 0)"
+
+demo: $(STAMP)
+	$(VENV)/bin/longvid demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,176 @@
+"""The `longvid` command line. Every user mistake ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import ConfigError, LongvidError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Understand hour-long videos with multimodal LLMs.")
+
+
+
+
+@app.callback()
+def _root() -> None:
+    """Understand hour-long videos with multimodal LLMs."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def parse_value(text: str) -> Any:
+    """`--set` / `--gen` values: JSON when it parses (true, 3, [1,2]), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        return text
+
+
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def default_model() -> str:
+    from .assets import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        raise ConfigError("no --model given and no default model is installed")
+    return str(path)
+
+
+def load_model(model: str | None, sets: list[str] | None, dtype: str, device: str):
+    from .models import load
+
+    return load(model or default_model(), device=device, dtype=dtype, overrides=parse_pairs(sets, "--set"))
+
+
+class TokenPrinter:
+    """Prints tokens as they come, holding back bytes that do not yet form whole characters."""
+
+    def __init__(self, tokenizer, stream=None):
+        self.tokenizer, self.stream = tokenizer, stream or sys.stdout
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        self.stream.write(text[len(self.shown):])
+        self.stream.flush()
+        self.shown = text
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder or hub id (default: the bundled tiny model).")
+SetOpt = typer.Option(None, "--set", help="Override a config.json key, e.g. --set mm_llm_compress=true.")
+GenOpt = typer.Option(None, "--gen", help="Override a generation setting, e.g. --gen do_sample=false.")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32 or bfloat16.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ...")
+
+
+@app.command()
+def ask(
+    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3]."),
+    question: str = typer.Argument(...),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Cap on sampled frames."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second to sample; for .npy arrays and "
+                                        "frame folders (no frame rate of their own) their frame rate instead."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Sample exactly N frames uniformly."),
+    input_fps: Optional[float] = typer.Option(None, "--input-fps", help="Frame rate of the input, if it has none."),
+    start: Optional[float] = typer.Option(None, "--start", help="Only look from this second on."),
+    end: Optional[float] = typer.Option(None, "--end", help="Only look up to this second."),
+    sets: Optional[list[str]] = SetOpt,
+    gens: Optional[list[str]] = GenOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="Replace the default system prompt."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Answer QUESTION about VIDEO."""
+    from .video import open_video
+
+    if fps is not None and input_fps is None and _has_no_frame_rate(video):
+        input_fps, fps = fps, None
+    source = open_video(video, fps=input_fps)  # fail on a bad path before loading any weights
+    m = load_model(model, sets, dtype, device)
+    stream = not as_json and sys.stdout.isatty()
+    printer = TokenPrinter(m.tokenizer) if stream else None
+    answer = m.ask(source, question, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), system=system,
+                   input_fps=input_fps, progress=sys.stderr.isatty(), on_token=printer,
+                   max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    if as_json:
+        out = answer.to_dict()
+        out["model"] = m.name
+        print(json.dumps(out))
+    elif stream:
+        print()
+    else:
+        print(answer.text)
+
+
+def _has_no_frame_rate(video: str) -> bool:
+    p = Path(video)
+    return p.suffix.lower() == ".npy" or p.is_dir()
+
+
+@app.command()
+def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the demo's files.")):
+    """Run the end-to-end demo on a generated video."""
+    from .demo import run
+
+    run(out)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except LongvidError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # typer/click exits (--help, usage errors)
+        return int(e.code or 0)
+    except Exception as e:  # a bug: one line for users, the traceback with LONGVID_DEBUG=1
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click usage errors (typer may vendor click)
+            e.show()
+            return int(e.exit_code)
+        if type(e).__name__ == "Abort":
+            return 130
+        if os.environ.get("LONGVID_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e} (set LONGVID_DEBUG=1 for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: synthetic videos and training records."""

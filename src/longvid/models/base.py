@@ -1,0 +1,210 @@
+"""What every model family shares: video in, answer out.
+
+A family (VideoChat-Flash, Video-XL) provides four things: a sampling plan, a visual encoder
+(frames -> tokens in LLM space), the first user message around `<image>`, and a prefill that turns
+prompt ids + visual tokens into the next-token logits and a KV cache. `ask` strings them together:
+
+    open video -> plan frames -> check the token budget -> decode + encode -> prompt -> prefill -> generate
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import BudgetError, InputError
+from ..generation import GenerationConfig, generate
+from ..llm import KVCache
+from ..prompt import IMAGE_TOKEN_INDEX, Conversation, decode_answer, tokenize_with_image
+from ..video import SamplingPlan, Video, open_video
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    num_frames: int
+    num_visual_tokens: int
+    prompt_tokens: int
+    plan: SamplingPlan | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plan"] = self.plan.to_dict() if self.plan else None
+        return d
+
+
+@dataclass
+class VisualTokens:
+    """A video after the vision encoder and projector: the LLM-space tokens plus where they came from."""
+
+    tokens: torch.Tensor  # [num_visual, hidden]
+    plan: SamplingPlan
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.plan)
+
+
+class Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _T()
+
+
+class VideoLLM:
+    """Base class of the user-facing model objects returned by `longvid.load`."""
+
+    family = "base"
+    default_generation: dict[str, Any] = {}
+
+    def __init__(self, model: torch.nn.Module, tokenizer, generation: GenerationConfig, name: str,
+                 folder: Path | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.generation = generation.updated(self.default_generation)
+        self.name = name
+        self.folder = folder
+        self.stop_ids = set(self.generation.eos_token_id)
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end >= 0 and im_end != tokenizer.unk_token_id:
+            self.stop_ids.add(im_end)
+
+    # ---------------------------------------------------------------- family-specific
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def sampling_plan(self, video: Video, **opts) -> SamplingPlan:
+        raise NotImplementedError
+
+    def visual_token_count(self, plan: SamplingPlan) -> int:
+        """Visual tokens this plan will put into the LLM (known before any decoding)."""
+        raise NotImplementedError
+
+    def encode(self, video: Video, plan: SamplingPlan, progress: bool = False) -> VisualTokens:
+        raise NotImplementedError
+
+    def user_message(self, question: str, plan: SamplingPlan) -> str:
+        raise NotImplementedError
+
+    def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the prompt (ids with one IMAGE_TOKEN_INDEX) through the LLM; return last-position logits."""
+        raise NotImplementedError
+
+    def context_limit(self) -> int:
+        return int(self.config.llm.max_position_embeddings)
+
+    # ---------------------------------------------------------------- shared
+    def open(self, video, input_fps: float | None = None) -> Video:
+        return open_video(video, fps=input_fps)
+
+    def conversation(self, question: str, plan: SamplingPlan, history=(), system: str | None = None) -> Conversation:
+        conv = Conversation() if system is None else Conversation(system=system)
+        for i, (q, a) in enumerate(history):
+            conv.add("user", self.user_message(q, plan) if i == 0 else q)
+            conv.add("assistant", a)
+        conv.add("user", self.user_message(question, plan) if not history else question)
+        return conv
+
+    def prompt_ids(self, conv: Conversation) -> list[int]:
+        ids = tokenize_with_image(self.tokenizer, conv.render())
+        if ids.count(IMAGE_TOKEN_INDEX) != 1:
+            raise InputError("the prompt must contain exactly one <image> placeholder")
+        return ids
+
+    def check_budget(self, prompt_tokens: int, num_visual: int) -> None:
+        total = prompt_tokens - 1 + num_visual
+        limit = self.context_limit()
+        if total > limit:
+            raise BudgetError(
+                f"{num_visual} visual + {prompt_tokens - 1} text tokens = {total} exceed the model's context of "
+                f"{limit}; sample fewer frames (--max-frames / --fps), enable compression "
+                f"(--set ...), or raise the limit with --set (e.g. tokenizer_model_max_length)")
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.llm.num_hidden_layers)
+
+    def step_fn(self, cache: KVCache) -> Callable[[int], torch.Tensor]:
+        llm = self.model.llm
+
+        def step(token: int) -> torch.Tensor:
+            x = llm.embed(torch.tensor([[token]], device=self.device))
+            return llm.logits(llm(x, cache).hidden[:, -1])[0]
+
+        return step
+
+    def generation_config(self, max_new_tokens: int | None = None, gen: dict | None = None) -> GenerationConfig:
+        cfg = self.generation.updated(gen or {})
+        if max_new_tokens is not None:
+            cfg = cfg.updated({"max_new_tokens": max_new_tokens})
+        return cfg
+
+    @torch.no_grad()
+    def answer(self, visual: VisualTokens, question: str, history=(), system: str | None = None,
+               max_new_tokens: int | None = None, gen: dict | None = None,
+               on_token: Callable[[int], None] | None = None, timer: Timer | None = None) -> Answer:
+        """Answer a question about already-encoded visual tokens (the part after `encode`)."""
+        timer = timer or Timer()
+        cfg = self.generation_config(max_new_tokens, gen)
+        ids = self.prompt_ids(self.conversation(question, visual.plan, history, system))
+        n_vis = visual.tokens.shape[0]
+        self.check_budget(len(ids), n_vis)
+        room = self.context_limit() - (len(ids) - 1 + n_vis)
+        if cfg.max_new_tokens > room:  # stop at the context limit instead of running past trained positions
+            cfg = cfg.updated({"max_new_tokens": max(room, 1)})
+        cache = self.new_cache()
+        cache.reserve(cfg.max_new_tokens)
+        with timer("prefill"):
+            logits = self.prefill(ids, visual.tokens.to(self.device, self.dtype), cache)
+        with timer("generate"):
+            result = generate(logits, self.step_fn(cache), cfg, self.stop_ids, on_token)
+        return self._answer(result, visual, len(ids) - 1 + n_vis, timer)
+
+    def _answer(self, result, visual: VisualTokens, prompt_tokens: int, timer: Timer) -> Answer:
+        times = dict(visual.timings)
+        times.update(timer.times)
+        gen_s = times.get("generate", 0.0)
+        times["tokens_per_s"] = len(result.token_ids) / gen_s if gen_s > 0 else 0.0
+        return Answer(decode_answer(self.tokenizer, result.token_ids), result.token_ids, result.finish_reason,
+                      visual.num_frames, visual.tokens.shape[0], prompt_tokens, visual.plan, times)
+
+    def ask(self, video, question: str, *, max_new_tokens: int | None = None, gen: dict | None = None,
+            system: str | None = None, input_fps: float | None = None, progress: bool = False,
+            on_token: Callable[[int], None] | None = None, **sampling) -> Answer:
+        """Answer `question` about `video` (a path, an array [T,H,W,3], or `VisualTokens`)."""
+        if isinstance(video, VisualTokens):
+            visual = video
+        else:
+            src = self.open(video, input_fps)
+            plan = self.sampling_plan(src, **sampling)
+            self.check_budget(len(self.prompt_ids(self.conversation(question, plan, (), system))),
+                              self.visual_token_count(plan))
+            visual = self.encode(src, plan, progress=progress)
+        return self.answer(visual, question, system=system, max_new_tokens=max_new_tokens, gen=gen, on_token=on_token)
