@@ -95,8 +95,8 @@ def test_logits_and_hidden_states(model, model_compress, fx, mode):
     m = model if mode == "nocompress" else model_compress
     kept: list = []
     with torch.no_grad():  # start from the reference inputs_embeds' visual rows
-        out = m.prefill(E["input_ids"][0].tolist(), torch.from_numpy(E["projector_out"]).flatten(0, 1), None,
-                        kept_rows=kept, output_hidden_states=True)
+        out = m.forward_prompt(E["input_ids"][0].tolist(), torch.from_numpy(E["projector_out"]).flatten(0, 1),
+                               kept_rows=kept, output_hidden_states=True)
         logits = m.model.llm.logits(out.hidden)[0]
     close(logits, E[f"video_{mode}_logits"])
     for i in range(1, 5):

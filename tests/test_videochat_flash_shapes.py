@@ -48,7 +48,7 @@ def test_8_frame_clips_and_compression_with_cache(fixture_b):
     ids = m.prompt_ids(m.conversation("What moves?", visual.plan))
     kept: list = []
     with torch.no_grad():
-        full = m.prefill(ids, visual.tokens, None, kept_rows=kept)
+        full = m.model.llm.logits(m.forward_prompt(ids, visual.tokens, kept_rows=kept).hidden[:, -1])[0]
         cache = m.new_cache()
         cached = m.prefill(ids, visual.tokens, cache)
     torch.testing.assert_close(full, cached)

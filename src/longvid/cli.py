@@ -145,6 +145,24 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the 
     run(out)
 
 
+# Commands that live beside their subsystem register themselves on `app` when imported
+# (each module keeps its heavy imports inside the command functions).
+PLUGIN_COMMANDS = ("longvid.train.commands", "longvid.serve.commands", "longvid.niah.commands")
+
+
+def _load_plugin_commands() -> None:
+    import importlib
+
+    for name in PLUGIN_COMMANDS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not name.startswith(str(e.name)):
+                raise
+
+
+_load_plugin_commands()
+
 # ------------------------------------------------------------------------------------------ entry point
 
 

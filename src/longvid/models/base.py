@@ -114,9 +114,35 @@ class VideoLLM:
     def user_message(self, question: str, plan: SamplingPlan) -> str:
         raise NotImplementedError
 
-    def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run the prompt (ids with one IMAGE_TOKEN_INDEX) through the LLM; return last-position logits."""
+    def prefill_video(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> None:
+        """Fill `cache` with the prompt up to and including the video (`ids` ends with IMAGE_TOKEN_INDEX)."""
         raise NotImplementedError
+
+    @property
+    def question_dependent(self) -> bool:
+        """True if what the LLM keeps of the video depends on the text after it (no KV prefix reuse)."""
+        return False
+
+    def prefill_full(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One forward over the whole prompt, for question-dependent compression; last-position logits."""
+        raise NotImplementedError
+
+    def extend(self, ids: list[int], cache: KVCache) -> torch.Tensor:
+        """Feed text `ids` after what `cache` holds; return the last position's logits [V]."""
+        llm = self.model.llm
+        x = llm.embed(torch.tensor([ids], device=self.device))
+        return llm.logits(llm(x, cache).hidden[:, -1])[0]
+
+    def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The whole prompt (ids with one IMAGE_TOKEN_INDEX) -> last-position logits, filling `cache`.
+
+        Done as video prefix + text continuation, exactly what a chat session reuses across questions,
+        unless the compression depends on the question."""
+        if self.question_dependent:
+            return self.prefill_full(ids, visual, cache)
+        cut = ids.index(IMAGE_TOKEN_INDEX) + 1
+        self.prefill_video(ids[:cut], visual, cache)
+        return self.extend(ids[cut:], cache)
 
     def context_limit(self) -> int:
         return int(self.config.llm.max_position_embeddings)

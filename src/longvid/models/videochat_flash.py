@@ -185,16 +185,25 @@ class VideoChatFlash(VideoLLM):
             return f"<image>\n{question}"
         return f"<image>\n{time_message(plan.duration, len(plan)).strip()} {question}"
 
-    def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache | None, kept_rows: list | None = None,
-                output_hidden_states: bool = False, all_logits: bool = False):
+    @property
+    def question_dependent(self) -> bool:
+        drop = self.config.token_drop
+        return drop is not None and VideoTokenDrop(drop).question_dependent
+
+    def forward_prompt(self, ids: list[int], visual: torch.Tensor, cache: KVCache | None = None,
+                       kept_rows: list | None = None, output_hidden_states: bool = False):
+        """The LLM over text + visual rows (with in-LLM dropping if configured); a `DecoderOutput`."""
         embeds, start = self.model.embed_prompt(ids, visual)
         hook = None
         if self.config.token_drop is not None:
             hook = VideoTokenDrop(self.config.token_drop).hook(self.model.llm, start, visual.shape[0], kept_rows)
-        out = self.model.llm(embeds, cache, after_layer=hook, output_hidden_states=output_hidden_states)
-        if all_logits or output_hidden_states:
-            return out
-        return self.model.llm.logits(out.hidden[:, -1])[0]
+        return self.model.llm(embeds, cache, after_layer=hook, output_hidden_states=output_hidden_states)
+
+    def prefill_video(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> None:
+        self.forward_prompt(ids, visual, cache)
+
+    def prefill_full(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.model.llm.logits(self.forward_prompt(ids, visual, cache).hidden[:, -1])[0]
 
 
 def trim(video: Video, start: float | None, end: float | None) -> tuple[int, int]:
