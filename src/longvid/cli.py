@@ -90,37 +90,68 @@ DtypeOpt = typer.Option("float32", "--dtype", help="float32 or bfloat16.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ...")
 
 
+MaxFramesOpt = typer.Option(None, "--max-frames", help="Cap on sampled frames.")
+FpsOpt = typer.Option(None, "--fps", help="Frames per second to sample; for .npy arrays and frame folders "
+                      "(no frame rate of their own) their frame rate instead.")
+NumFramesOpt = typer.Option(None, "--num-frames", help="Sample exactly N frames uniformly.")
+InputFpsOpt = typer.Option(None, "--input-fps", help="Frame rate of the input (arrays, frame folders).")
+StartOpt = typer.Option(None, "--start", help="Only look from this second on.")
+EndOpt = typer.Option(None, "--end", help="Only look up to this second.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def open_source(video: str, fps: float | None, input_fps: float | None):
+    """Open VIDEO (before loading any weights, so bad paths fail fast); returns (video, sampling fps)."""
+    from .video import open_video
+
+    p = Path(video)
+    if fps is not None and input_fps is None and (p.suffix.lower() == ".npy" or p.is_dir()):
+        input_fps, fps = fps, None
+    source = open_video(video, fps=input_fps)
+    for warning in source.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return source, fps
+
+
 @app.command()
 def ask(
     video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3]."),
-    question: str = typer.Argument(...),
+    question: Optional[str] = typer.Argument(None),
     model: Optional[str] = ModelOpt,
+    features: Optional[Path] = typer.Option(None, "--features", help="Encoded video from `longvid encode` "
+                                            "(then the only argument is the question)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Cap on sampled frames."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second to sample; for .npy arrays and "
-                                        "frame folders (no frame rate of their own) their frame rate instead."),
-    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Sample exactly N frames uniformly."),
-    input_fps: Optional[float] = typer.Option(None, "--input-fps", help="Frame rate of the input, if it has none."),
-    start: Optional[float] = typer.Option(None, "--start", help="Only look from this second on."),
-    end: Optional[float] = typer.Option(None, "--end", help="Only look up to this second."),
+    max_frames: Optional[int] = MaxFramesOpt,
+    fps: Optional[float] = FpsOpt,
+    num_frames: Optional[int] = NumFramesOpt,
+    input_fps: Optional[float] = InputFpsOpt,
+    start: Optional[float] = StartOpt,
+    end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     gens: Optional[list[str]] = GenOpt,
     system: Optional[str] = typer.Option(None, "--system", help="Replace the default system prompt."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    as_json: bool = JsonOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ):
-    """Answer QUESTION about VIDEO."""
-    from .video import open_video
+    """Answer QUESTION about VIDEO (or about an encoded video: --features FILE QUESTION)."""
+    from .features import load_features
 
-    if fps is not None and input_fps is None and _has_no_frame_rate(video):
-        input_fps, fps = fps, None
-    source = open_video(video, fps=input_fps)  # fail on a bad path before loading any weights
+    if features is not None:
+        if question is not None:
+            raise ConfigError("with --features, give only the question")
+        question, source = video, None
+    elif question is None:
+        raise ConfigError("missing QUESTION")
+    else:
+        source, fps = open_source(video, fps, input_fps)
     m = load_model(model, sets, dtype, device)
+    if features is not None:
+        source = load_features(features, m)
     stream = not as_json and sys.stdout.isatty()
     printer = TokenPrinter(m.tokenizer) if stream else None
     answer = m.ask(source, question, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), system=system,
-                   input_fps=input_fps, progress=sys.stderr.isatty(), on_token=printer,
+                   progress=sys.stderr.isatty(), on_token=printer,
                    max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
     if as_json:
         out = answer.to_dict()
@@ -132,9 +163,69 @@ def ask(
         print(answer.text)
 
 
-def _has_no_frame_rate(video: str) -> bool:
-    p = Path(video)
-    return p.suffix.lower() == ".npy" or p.is_dir()
+@app.command()
+def encode(
+    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
+    model: Optional[str] = ModelOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    fps: Optional[float] = FpsOpt,
+    num_frames: Optional[int] = NumFramesOpt,
+    input_fps: Optional[float] = InputFpsOpt,
+    start: Optional[float] = StartOpt,
+    end: Optional[float] = EndOpt,
+    sets: Optional[list[str]] = SetOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Encode VIDEO once into compressed visual tokens (+ sampling plan) for `ask --features`."""
+    from .features import file_hash, save_features
+
+    source, fps = open_source(video, fps, input_fps)
+    m = load_model(model, sets, dtype, device)
+    plan = m.sampling_plan(source, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    visual = m.encode(source, plan, progress=sys.stderr.isatty())
+    digest = file_hash(video) if Path(video).is_file() else None
+    save_features(out, visual, m, source=str(video), source_hash=digest)
+    t = visual.timings
+    print(f"{out}: {visual.num_frames} frames -> {visual.tokens.shape[0]} visual tokens "
+          f"(decode {t.get('decode', 0):.1f} s, encode {t.get('encode', 0):.1f} s)")
+
+
+@app.command()
+def info(
+    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    model: Optional[str] = ModelOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    fps: Optional[float] = FpsOpt,
+    num_frames: Optional[int] = NumFramesOpt,
+    input_fps: Optional[float] = InputFpsOpt,
+    start: Optional[float] = StartOpt,
+    end: Optional[float] = EndOpt,
+    sets: Optional[list[str]] = SetOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = JsonOpt,
+):
+    """Describe VIDEO and what a model would see of it: frames, visual tokens, context, KV cache."""
+    from .models import load
+    from .report import video_report
+
+    source, fps = open_source(video, fps, input_fps)
+    m = None
+    if model is not None or _default_model_or_none():
+        m = load(model or default_model(), dtype=dtype, overrides=parse_pairs(sets, "--set"), weights=False)
+    report = video_report(source, m, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        report.print()
+
+
+def _default_model_or_none() -> str | None:
+    from .assets import default_model_path
+
+    path = default_model_path()
+    return str(path) if path else None
 
 
 @app.command()

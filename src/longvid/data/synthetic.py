@@ -24,6 +24,34 @@ def moving_shapes(num_frames: int, height: int = 96, width: int = 128, seed: int
         yield frame
 
 
+INDEX_BITS = 20
+
+
+def index_frames(num_frames: int, height: int = 64, width: int = 96, start: int = 0) -> Iterator[np.ndarray]:
+    """Frames that carry their own index as a block code (robust to lossy compression)."""
+    cell_h, cell_w = height // 4, width // 5
+    for i in range(start, start + num_frames):
+        frame = np.full((height, width, 3), 30, np.uint8)
+        frame[..., 2] = (i * 7) % 200  # a changing background so consecutive frames differ
+        for bit in range(INDEX_BITS):
+            if (i >> bit) & 1:
+                r, c = divmod(bit, 5)
+                frame[r * cell_h + 2 : (r + 1) * cell_h - 2, c * cell_w + 2 : (c + 1) * cell_w - 2, :2] = 235
+        yield frame
+
+
+def read_index(frame: np.ndarray) -> int:
+    """The index written by `index_frames` (read at each cell's centre)."""
+    height, width = frame.shape[:2]
+    cell_h, cell_w = height // 4, width // 5
+    value = 0
+    for bit in range(INDEX_BITS):
+        r, c = divmod(bit, 5)
+        if frame[r * cell_h + cell_h // 2, c * cell_w + cell_w // 2, 0] > 130:
+            value |= 1 << bit
+    return value
+
+
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30, codec: str = "libx264",
                 gop: int = 250, bframes: int = 2, crf: int = 23) -> Path:
     """Encode RGB uint8 frames to `path` (H.264 with B-frames by default)."""

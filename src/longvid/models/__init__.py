@@ -96,15 +96,21 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtyp
 
 
 def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32",
-         overrides: dict[str, Any] | None = None) -> VideoLLM:
-    """Load a released checkpoint (local folder or hub id) as a ready-to-ask model object."""
+         overrides: dict[str, Any] | None = None, weights: bool = True) -> VideoLLM:
+    """Load a released checkpoint (local folder or hub id) as a ready-to-ask model object.
+
+    `weights=False` builds it on the meta device without reading weights: enough to plan frames and
+    token / memory budgets (`longvid info`), not to run it."""
     folder = resolve(path_or_hub_id)
     cfg = read_config(folder)
     cfg.update(overrides or {})
     torch_dtype = to_dtype(dtype)
     with torch.device("meta"):
         fam, config, module = build(cfg)
-    load_weights(module, read_weights(folder), torch_dtype, device)
+    if weights:
+        load_weights(module, read_weights(folder), torch_dtype, device)
+    else:
+        module.to(torch_dtype)
     tokenizer = load_tokenizer(folder)
     generation = GenerationConfig.from_file(Path(folder) / "generation_config.json")
     return fam.wrapper(module, tokenizer, generation, name=str(path_or_hub_id), folder=folder)

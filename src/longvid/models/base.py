@@ -9,6 +9,7 @@ prompt ids + visual tokens into the next-token logits and a KV cache. `ask` stri
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,46 @@ class VisualTokens:
         return len(self.plan)
 
 
+@dataclass
+class TokenBudget:
+    """What a request costs before any heavy work: tokens, context, KV-cache bytes."""
+
+    visual_tokens: int
+    text_tokens: int
+    context_limit: int
+    kv_tokens_per_layer: list[int]  # tokens each LLM layer caches (compression makes them differ)
+    kv_bytes: int
+    tokens_per_frame: float = 0.0
+
+    @property
+    def context_tokens(self) -> int:
+        return self.visual_tokens + self.text_tokens
+
+    @property
+    def fits(self) -> bool:
+        return self.context_tokens <= self.context_limit
+
+    def max_frames(self) -> int:
+        """How many frames would fit beside the same text."""
+        room = self.context_limit - self.text_tokens
+        return int(room // self.tokens_per_frame) if self.tokens_per_frame else 0
+
+    def check(self) -> None:
+        if self.fits:
+            return
+        hint = f"sample at most {self.max_frames()} frames (--max-frames / --fps)" if self.max_frames() > 0 else \
+            "shorten the text"
+        raise BudgetError(
+            f"{self.visual_tokens} visual + {self.text_tokens} text tokens = {self.context_tokens} exceed the model's "
+            f"context of {self.context_limit}; {hint}, enable compression (--set ...), or raise the limit "
+            f"with --set (e.g. tokenizer_model_max_length)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(context_tokens=self.context_tokens, fits=self.fits)
+        return d
+
+
 class Timer:
     def __init__(self):
         self.times: dict[str, float] = {}
@@ -68,6 +109,26 @@ class Timer:
                 timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t
 
         return _T()
+
+
+def batched(frames, size: int, timer: Timer | None = None):
+    """Lists of up to `size` items from an iterator (time spent pulling them counts as "decode")."""
+    frames = iter(frames)
+    while True:
+        if timer is not None:
+            with timer("decode"):
+                batch = list(itertools.islice(frames, size))
+        else:
+            batch = list(itertools.islice(frames, size))
+        if not batch:
+            return
+        yield batch
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="clip", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 class VideoLLM:
@@ -165,14 +226,44 @@ class VideoLLM:
             raise InputError("the prompt must contain exactly one <image> placeholder")
         return ids
 
-    def check_budget(self, prompt_tokens: int, num_visual: int) -> None:
-        total = prompt_tokens - 1 + num_visual
-        limit = self.context_limit()
-        if total > limit:
-            raise BudgetError(
-                f"{num_visual} visual + {prompt_tokens - 1} text tokens = {total} exceed the model's context of "
-                f"{limit}; sample fewer frames (--max-frames / --fps), enable compression "
-                f"(--set ...), or raise the limit with --set (e.g. tokenizer_model_max_length)")
+    @property
+    def compressors(self) -> list:
+        """The `Compressor`s this model applies (see compress/base.py)."""
+        return []
+
+    def kv_bytes_per_token(self) -> int:
+        llm = self.config.llm
+        return 2 * llm.num_key_value_heads * llm.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def budget(self, text_tokens: int, num_visual: int, num_frames: int = 0) -> TokenBudget:
+        """Token and KV-cache budget of a prompt with `text_tokens` text and `num_visual` visual tokens."""
+        layers = self.config.llm.num_hidden_layers
+        kept = [num_visual] * layers
+        for comp in self.compressors:
+            kept = [min(a, b) for a, b in zip(kept, comp.kv_tokens(num_visual, layers))]
+        per_layer = [text_tokens + k for k in kept]
+        return TokenBudget(num_visual, text_tokens, self.context_limit(), per_layer,
+                           sum(per_layer) * self.kv_bytes_per_token(), num_visual / num_frames if num_frames else 0.0)
+
+    def check_budget(self, prompt_tokens: int, num_visual: int, num_frames: int = 0) -> TokenBudget:
+        """Refuse (BudgetError, with what to change) instead of silently truncating the prompt."""
+        budget = self.budget(prompt_tokens - 1, num_visual, num_frames)
+        budget.check()
+        return budget
+
+    def fingerprint(self) -> str:
+        """Identifies what turns pixels into visual tokens (config minus LLM-side keys, weight files)."""
+        import hashlib
+        import json
+
+        llm_side = ("mm_llm_compress", "llm_compress", "llm_image_token", "tokenizer_model_max_length", "beacon",
+                    "enable_beacon", "use_cache", "rope_scaling", "max_position_embeddings")
+        cfg = {k: v for k, v in self.config.raw.items() if not k.startswith(llm_side)}
+        weights = []
+        if self.folder is not None:
+            weights = sorted((p.name, p.stat().st_size) for p in Path(self.folder).glob("*.safetensors"))
+        blob = json.dumps({"config": cfg, "weights": weights, "family": self.family}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.llm.num_hidden_layers)
@@ -201,7 +292,7 @@ class VideoLLM:
         cfg = self.generation_config(max_new_tokens, gen)
         ids = self.prompt_ids(self.conversation(question, visual.plan, history, system))
         n_vis = visual.tokens.shape[0]
-        self.check_budget(len(ids), n_vis)
+        self.check_budget(len(ids), n_vis, visual.num_frames)
         room = self.context_limit() - (len(ids) - 1 + n_vis)
         if cfg.max_new_tokens > room:  # stop at the context limit instead of running past trained positions
             cfg = cfg.updated({"max_new_tokens": max(room, 1)})
@@ -231,6 +322,6 @@ class VideoLLM:
             src = self.open(video, input_fps)
             plan = self.sampling_plan(src, **sampling)
             self.check_budget(len(self.prompt_ids(self.conversation(question, plan, (), system))),
-                              self.visual_token_count(plan))
+                              self.visual_token_count(plan), len(plan))
             visual = self.encode(src, plan, progress=progress)
         return self.answer(visual, question, system=system, max_new_tokens=max_new_tokens, gen=gen, on_token=on_token)

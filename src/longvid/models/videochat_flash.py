@@ -25,7 +25,7 @@ from ..llm import KVCache, Qwen2Config, Qwen2ForCausalLM
 from ..prompt import IMAGE_TOKEN_INDEX, time_message
 from ..video import SamplingPlan, Video, fps_plan, timestamps_plan, uniform_plan, videochat_flash_plan
 from ..vision import SquashProcessor, build_vision_tower, vision_config
-from .base import Timer, VideoLLM, VisualTokens
+from .base import Timer, VideoLLM, VisualTokens, batched, progress_bar
 
 FAMILY = "videochat_flash"
 VISION_PREFIX = "model.vision_tower.vision_tower."
@@ -137,7 +137,7 @@ class VideoChatFlash(VideoLLM):
 
     @property
     def compressors(self) -> list:
-        out: list = [self.model.projector.tome]
+        out: list = [self.model.projector.tome]  # clip-level, before the LLM
         if self.config.token_drop is not None:
             out.append(VideoTokenDrop(self.config.token_drop))
         return out
@@ -169,16 +169,28 @@ class VideoChatFlash(VideoLLM):
         return self.processor(frames).to(self.device, self.dtype)
 
     @torch.no_grad()
-    def encode(self, video: Video, plan: SamplingPlan, progress: bool = False) -> VisualTokens:
+    def encode(self, video: Video, plan: SamplingPlan, progress: bool = False, clip_batch: int = 4) -> VisualTokens:
+        """Decode -> preprocess -> tower -> ToMe -> MLP, `clip_batch` clips at a time.
+
+        Host memory holds one batch of frames plus the compressed tokens, whatever the video's length."""
         timer = Timer()
-        with timer("decode"):
-            pixels = self.pixels(video.frames(plan.indices))
-        with timer("encode"):
-            if plan.is_image:  # one T=1 clip with the image position table, ToMe to 64 tokens
+        frames = video.frames(plan.indices)
+        if plan.is_image:  # one T=1 clip with the image position table, ToMe to 64 tokens
+            with timer("decode"):
+                pixels = self.pixels(list(frames))
+            with timer("encode"):
                 tokens = self.model.encode_clips(pixels[:, None], is_image=True)[0]
-            else:
-                tokens = self.model.encode_frames(pixels)
-        return VisualTokens(tokens, plan, timer.times)
+            return VisualTokens(tokens, plan, timer.times)
+        t = self.config.frames_per_clip
+        chunks = []
+        with progress_bar(len(plan) // t, "encoding clips", progress) as bar:
+            for batch in batched(frames, clip_batch * t, timer):
+                with timer("decode"):
+                    pixels = self.pixels(batch)
+                with timer("encode"):
+                    chunks.append(self.model.encode_clips(pixels.reshape(-1, t, *pixels.shape[1:])).flatten(0, 1))
+                bar.update(len(batch) // t)
+        return VisualTokens(torch.cat(chunks), plan, timer.times)
 
     def user_message(self, question: str, plan: SamplingPlan) -> str:
         if plan.is_image:

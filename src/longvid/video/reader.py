@@ -1,19 +1,26 @@
 """Frame-exact random access to videos, behind one small interface.
 
 `open_video(source)` returns a `Video` with `num_frames`, `fps`, `duration` and `frames(indices)`,
-which yields RGB uint8 [H, W, 3] arrays in the order asked. Sources: video files (PyAV), `.npy`
-arrays [T, H, W, 3], numpy arrays, single images and folders of images.
+which yields RGB uint8 [H, W, 3] arrays in the order asked, one at a time (so a long plan never
+holds more than one decoded frame). Sources: video files of any container FFmpeg reads (mp4, mkv,
+webm, avi, mov, animated gif, ...) through PyAV, `.npy` arrays [T, H, W, 3], numpy arrays, single
+images and folders of images.
 
 The PyAV reader never trusts the container's frame count: it demuxes the packets once (cheap, no
 decoding) to learn every frame's timestamp, then serves a frame by seeking to the keyframe before it
-and decoding forward, reusing the decoder while the next target is ahead in the same stretch.
+and decoding forward, reusing the running decoder while the next target is ahead of it and no
+keyframe jump is closer. Truncated files are cut to the frames that really decode (with a warning);
+FFmpeg's I/O is time-limited so a damaged file cannot hang the reader.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from abc import ABC, abstractmethod
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,6 +30,8 @@ import numpy as np
 from ..errors import InputError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IO_TIMEOUT_S = 20.0  # per FFmpeg open / read call
+INDEX_TIMEOUT_S = 300.0  # demuxing a file's packets (a 3-hour file takes seconds)
 
 
 @dataclass
@@ -32,6 +41,7 @@ class VideoInfo:
     width: int
     height: int
     codec: str = "raw"
+    container: str = ""
 
     @property
     def duration(self) -> float:
@@ -60,7 +70,7 @@ class Video(ABC):
 
     @abstractmethod
     def _frames_sorted(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (index, frame) for sorted unique `indices`."""
+        """Yield (index, frame) for strictly increasing `indices`."""
 
     def frames(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
         """Frames at `indices` (any order, repeats allowed), decoded in one forward pass."""
@@ -68,11 +78,13 @@ class Video(ABC):
         for i in indices:
             if not 0 <= i < self.num_frames:
                 raise InputError(f"frame {i} is outside the video ({self.num_frames} frames)")
-        wanted = sorted(set(indices))
-        if indices == wanted:  # the common case: stream without holding frames
-            yield from (f for _, f in self._frames_sorted(wanted))
+        if all(a <= b for a, b in zip(indices, indices[1:])):  # playback order: stream, repeat in place
+            counts = Counter(indices)
+            for i, frame in self._frames_sorted(sorted(counts)):
+                for _ in range(counts[i]):
+                    yield frame
             return
-        cache = dict(self._frames_sorted(wanted))
+        cache = dict(self._frames_sorted(sorted(set(indices))))  # arbitrary order: hold the asked frames
         for i in indices:
             yield cache[i]
 
@@ -82,12 +94,18 @@ class Video(ABC):
     def close(self) -> None:
         pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 class ArrayVideo(Video):
     def __init__(self, array: np.ndarray, fps: float, source: str = "<array>"):
         if array.ndim == 3:
             array = array[None]
-        if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+        if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or len(array) == 0:
             raise InputError(f"{source}: expected a uint8 array [T, H, W, 3], got shape {tuple(array.shape)}")
         if array.dtype != np.uint8:
             if np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) <= 1.0:
@@ -98,48 +116,54 @@ class ArrayVideo(Video):
         self.array = array[..., :3]
         self.source = source
         self.warnings = []
-        self.info = VideoInfo(len(array), float(fps), array.shape[2], array.shape[1])
+        self.info = VideoInfo(len(array), float(fps), array.shape[2], array.shape[1], "raw", "array")
 
     def _frames_sorted(self, indices):
         for i in indices:
-            yield i, self.array[i]
+            yield i, np.ascontiguousarray(self.array[i])
 
 
 class PyAVVideo(Video):
     """A video file decoded with PyAV (FFmpeg bundled in the wheel)."""
 
-    def __init__(self, path: str, timeout: float = 60.0):
+    def __init__(self, path: str):
         import av
 
         self.source = path
-        self.timeout = timeout
         self.warnings = []
+        self.bad_packets = 0
         try:
-            self._container = av.open(path)
+            self._container = av.open(path, timeout=(IO_TIMEOUT_S, IO_TIMEOUT_S))
         except Exception as e:
             raise InputError(f"{path}: not a readable video ({_first_line(e)})") from None
-        if not self._container.streams.video:
+        try:
+            if not self._container.streams.video:
+                raise InputError(f"{path}: has no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._pts, self._key_pts, declared = self._index()
+            if not self._pts:
+                raise InputError(f"{path}: contains no video frames")
+            self._check_tail(declared)
+            fps = _frame_rate(self._stream, self._pts)
+            if fps is None:
+                fps = 25.0
+                self.warnings.append(f"{path}: unknown frame rate, assuming 25 fps")
+            ctx = self._stream.codec_context
+            self.info = VideoInfo(len(self._pts), fps, ctx.width, ctx.height, ctx.name,
+                                  _container_name(self._container.format.name, path))
+        except BaseException:
             self._container.close()
-            raise InputError(f"{path}: has no video stream")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        self._pts, self._key_pts = self._index()
-        if not self._pts:
-            self._container.close()
-            raise InputError(f"{path}: contains no decodable video frames")
-        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
-        fps = float(rate) if rate else 0.0
-        if fps <= 0 or fps > 1000:
-            fps = 25.0
-            self.warnings.append(f"{path}: unknown frame rate, assuming 25 fps")
-        ctx = self._stream.codec_context
-        self.info = VideoInfo(len(self._pts), fps, ctx.width, ctx.height, self._stream.codec_context.name)
-        self._decoder = None
-        self._last_pts = None
+            raise
+        self._last_pts: int | None = None
+        self._packets: Iterator | None = None
 
-    def _index(self) -> tuple[list[int], list[int]]:
+    # ---------------------------------------------------------------- indexing
+    def _index(self) -> tuple[list[int], list[int], int]:
         """Presentation timestamps of every frame and of the keyframes, from the packets alone."""
         pts, keys = [], []
+        deadline = time.monotonic() + INDEX_TIMEOUT_S
+        self.damaged = False
         try:
             for packet in self._container.demux(self._stream):
                 t = packet.pts if packet.pts is not None else packet.dts
@@ -148,50 +172,94 @@ class PyAVVideo(Video):
                 pts.append(t)
                 if packet.is_keyframe:
                     keys.append(t)
-        except Exception as e:  # truncated / corrupt tail: keep what was indexed
-            self.warnings.append(f"{self.source}: stopped indexing at a damaged packet ({_first_line(e)})")
-        pts.sort()
-        keys.sort()
-        return pts, keys or pts[:1]
+                if time.monotonic() > deadline:
+                    raise InputError(f"{self.source}: indexing took longer than {INDEX_TIMEOUT_S:.0f} s")
+        except InputError:
+            raise
+        except Exception:  # a damaged or truncated tail: keep what was indexed
+            self.damaged = True
+        pts = sorted(set(pts))
+        keys = sorted(set(keys)) or pts[:1]
+        return pts, keys, self._declared_frames(pts)
 
-    def _seek(self, pts: int) -> None:
-        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
-        self._decoder = self._container.decode(self._stream)
-        self._last_pts = None
+    def _declared_frames(self, pts: list[int]) -> int:
+        """What the header claims: a frame count, or the declared duration times the frame rate."""
+        if self._stream.frames:
+            return int(self._stream.frames)
+        duration = self._container.duration  # microseconds, from the header (mkv, webm, ...)
+        fps = _frame_rate(self._stream, pts)
+        return int(duration / 1e6 * fps) if duration and fps else 0
 
-    def _frames_sorted(self, indices):
+    def _check_tail(self, declared: int) -> None:
+        """If the file looks cut short, keep only the frames that really decode, and say so."""
+        if declared > max(os.path.getsize(self.source), 1) and declared > 1000 * len(self._pts):
+            raise InputError(f"{self.source}: the header declares {declared} frames but the file holds "
+                             f"{len(self._pts)}; the file is corrupt")
+        if not self.damaged and declared <= len(self._pts) * 1.02 + 2:
+            return
+        usable = 0
+        for key in reversed(self._key_pts[-4:]):  # the last GOPs; earlier ones are assumed fine
+            decoded = [f.pts for f in self._decode_from(key) if f.pts is not None]
+            if decoded:
+                usable = bisect_right(self._pts, max(decoded))
+                break
+        if usable == 0:
+            usable = len(self._pts) if not self._key_pts else bisect_right(self._pts, self._key_pts[0])
+        total = max(declared, len(self._pts))
+        if usable < len(self._pts):
+            self._pts = self._pts[:usable]
+            self._key_pts = [k for k in self._key_pts if k <= self._pts[-1]] or self._pts[:1]
+        if usable < total:
+            self.warnings.append(f"{self.source}: file is truncated or damaged; {usable} of {total} frames are usable")
+        self._last_pts, self._packets = None, None
+
+    # ---------------------------------------------------------------- decoding
+    def _decode_from(self, key_pts: int) -> Iterator:
+        """Decoded frames from the keyframe at `key_pts` on, skipping packets FFmpeg cannot decode."""
         import av
 
-        targets = [self._pts[i] for i in indices]
-        pos = 0
-        while pos < len(targets):
-            target = targets[pos]
-            key = self._key_pts[max(bisect_right(self._key_pts, target) - 1, 0)]
-            # reuse the running decoder if the target lies ahead of it and no keyframe jump is cheaper
-            if self._decoder is None or self._last_pts is None or self._last_pts >= target or self._last_pts < key:
-                self._seek(key)
-            try:
-                frame = self._next_frame()
-                while frame is not None and frame.pts is not None and frame.pts < target:
-                    frame = self._next_frame()
-            except av.error.FFmpegError as e:
-                raise InputError(f"{self.source}: decoding failed at frame {indices[pos]} ({_first_line(e)})") from None
-            if frame is None:  # ran out (truncated file): give up on the rest
-                raise InputError(f"{self.source}: frame {indices[pos]} could not be decoded")
-            self._last_pts = frame.pts
-            image = frame.to_ndarray(format="rgb24")
-            # every target with this pts (there is one per index) is served by this frame
-            while pos < len(targets) and targets[pos] <= (frame.pts if frame.pts is not None else target):
-                yield indices[pos], image
-                pos += 1
-
-    def _next_frame(self):
         try:
-            return next(self._decoder)
-        except StopIteration:
-            return None
+            self._container.seek(key_pts, stream=self._stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as e:
+            raise InputError(f"{self.source}: seeking failed ({_first_line(e)})") from None
+        codec = self._stream.codec_context
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                packet = None  # end of file: flush the frames the decoder still holds (B-frame delay)
+            except av.error.FFmpegError:
+                packet = None  # damaged data: flush what the decoder still holds and stop
+            try:
+                yield from codec.decode(packet)
+            except av.error.FFmpegError:
+                self.bad_packets += 1
+            if packet is None:
+                return
+
+    def _frames_sorted(self, indices):
+        for pos, i in enumerate(indices):
+            target = self._pts[i]
+            key = self._key_pts[max(bisect_right(self._key_pts, target) - 1, 0)]
+            if self._packets is None or self._last_pts is None or self._last_pts >= target or self._last_pts < key:
+                self._packets = self._decode_from(key)  # the keyframe jump is shorter than decoding on
+            frame = None
+            for candidate in self._packets:
+                if candidate.pts is None:
+                    continue
+                self._last_pts = candidate.pts
+                if candidate.pts >= target:
+                    frame = candidate
+                    break
+            if frame is None:
+                raise InputError(f"{self.source}: frame {i} could not be decoded")
+            if frame.pts != target:
+                self.warnings.append(f"{self.source}: frame {i} is damaged; used the next decodable frame")
+            yield i, frame.to_ndarray(format="rgb24")
 
     def close(self) -> None:
+        self._packets = None
         self._container.close()
 
 
@@ -206,15 +274,24 @@ class ImageFolderVideo(Video):
         self.source = str(folder)
         self.warnings = []
         first = _load_image(self.files[0])
-        self.info = VideoInfo(len(self.files), float(fps or 1.0), first.shape[1], first.shape[0], "images")
+        self.info = VideoInfo(len(self.files), float(fps or 1.0), first.shape[1], first.shape[0], "images", "folder")
+        self._shape = first.shape
 
     def _frames_sorted(self, indices):
         for i in indices:
-            yield i, _load_image(self.files[i])
+            image = _load_image(self.files[i])
+            if image.shape != self._shape:  # frames of one video must share a size
+                from PIL import Image
+
+                image = np.asarray(Image.fromarray(image).resize((self._shape[1], self._shape[0]), Image.BICUBIC))
+            yield i, image
 
 
 def open_video(source, fps: float | None = None) -> Video:
-    """Open a path (video, image, folder of images, .npy) or an array as a `Video`."""
+    """Open a path (video, image, folder of images, .npy) or an array as a `Video`.
+
+    `fps` is the frame rate of sources that have none of their own (arrays, images, folders); for
+    video files it overrides the container's rate."""
     if isinstance(source, Video):
         return source
     if isinstance(source, np.ndarray):
@@ -234,12 +311,33 @@ def open_video(source, fps: float | None = None) -> Video:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as e:
             raise InputError(f"{path}: not a readable .npy array ({_first_line(e)})") from None
-        return ArrayVideo(np.asarray(array), fps or 1.0, str(path))
+        return ArrayVideo(array, fps or 1.0, str(path))
     if suffix in IMAGE_EXTS:
         video = ArrayVideo(_load_image(path)[None], fps or 1.0, str(path))
         video.is_image = True
         return video
-    return PyAVVideo(str(path))
+    video = PyAVVideo(str(path))
+    if fps:
+        video.info.fps = float(fps)
+    return video
+
+
+def _container_name(names: str, path: str) -> str:
+    """FFmpeg names demuxers by family ("mov,mp4,m4a,..."): show the member matching the file's suffix."""
+    options = names.split(",")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return suffix if suffix in options else options[0]
+
+
+def _frame_rate(stream, pts: list[int]) -> float | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < float(rate) <= 1000:
+            return float(rate)
+    if len(pts) > 1 and stream.time_base:  # from the timestamps themselves
+        span = (pts[-1] - pts[0]) * float(stream.time_base)
+        if span > 0:
+            return (len(pts) - 1) / span
+    return None
 
 
 def _load_image(path: Path) -> np.ndarray:
@@ -253,8 +351,6 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 def _natural_key(p: Path):
-    import re
-
     nums = re.findall(r"\d+", p.stem)
     return (int(nums[-1]) if nums else -1, p.name)
 
@@ -262,4 +358,3 @@ def _natural_key(p: Path):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
