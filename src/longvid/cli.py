@@ -98,6 +98,10 @@ InputFpsOpt = typer.Option(None, "--input-fps", help="Frame rate of the input (a
 StartOpt = typer.Option(None, "--start", help="Only look from this second on.")
 EndOpt = typer.Option(None, "--end", help="Only look up to this second.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object.")
+CacheDirOpt = typer.Option(None, "--cache-dir", envvar="LONGVID_CACHE_DIR",
+                           help="Keep encoded videos here and reuse them (keyed by content, sampling and model).")
+MaxNewOpt = typer.Option(None, "--max-new-tokens")
+SystemOpt = typer.Option(None, "--system", help="Replace the default system prompt.")
 
 
 def open_source(video: str, fps: float | None, input_fps: float | None):
@@ -120,7 +124,7 @@ def ask(
     model: Optional[str] = ModelOpt,
     features: Optional[Path] = typer.Option(None, "--features", help="Encoded video from `longvid encode` "
                                             "(then the only argument is the question)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    max_new_tokens: Optional[int] = MaxNewOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     fps: Optional[float] = FpsOpt,
     num_frames: Optional[int] = NumFramesOpt,
@@ -129,7 +133,8 @@ def ask(
     end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     gens: Optional[list[str]] = GenOpt,
-    system: Optional[str] = typer.Option(None, "--system", help="Replace the default system prompt."),
+    system: Optional[str] = SystemOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
     as_json: bool = JsonOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -150,17 +155,57 @@ def ask(
         source = load_features(features, m)
     stream = not as_json and sys.stdout.isatty()
     printer = TokenPrinter(m.tokenizer) if stream else None
-    answer = m.ask(source, question, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), system=system,
-                   progress=sys.stderr.isatty(), on_token=printer,
-                   max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    sampling = dict(max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    gen = parse_pairs(gens, "--gen")
+    cache_state = None
+    if cache_dir is not None and features is None:
+        from .session import FeatureCache
+
+        session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
+                            **sampling)
+        cache_state = "hit" if session.stats.cache_hit else "miss"
+        answer = session.ask(question, max_new_tokens=max_new_tokens, gen=gen, on_token=printer)
+    else:
+        answer = m.ask(source, question, max_new_tokens=max_new_tokens, gen=gen, system=system,
+                       progress=sys.stderr.isatty(), on_token=printer, **sampling)
     if as_json:
         out = answer.to_dict()
-        out["model"] = m.name
+        out.update(model=m.name, feature_cache=cache_state)
         print(json.dumps(out))
     elif stream:
         print()
     else:
         print(answer.text)
+
+
+@app.command()
+def chat(
+    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: Optional[int] = MaxNewOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    fps: Optional[float] = FpsOpt,
+    num_frames: Optional[int] = NumFramesOpt,
+    input_fps: Optional[float] = InputFpsOpt,
+    start: Optional[float] = StartOpt,
+    end: Optional[float] = EndOpt,
+    sets: Optional[list[str]] = SetOpt,
+    gens: Optional[list[str]] = GenOpt,
+    system: Optional[str] = SystemOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    timings: bool = typer.Option(False, "--timings", help="Show timings after every answer (or type /timings)."),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+):
+    """Talk about VIDEO: encoded once, then any number of questions (/help for commands, Ctrl-D to quit)."""
+    from .chat import run_chat
+    from .session import FeatureCache
+
+    source, fps = open_source(video, fps, input_fps)
+    m = load_model(model, sets, dtype, device)
+    session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
+                        max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    run_chat(session, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), show_timings=timings)
 
 
 @app.command()

@@ -251,6 +251,11 @@ class VideoLLM:
         budget.check()
         return budget
 
+    def plan_budget(self, plan: SamplingPlan, question: str = "", system: str | None = None) -> TokenBudget:
+        """Check a sampling plan against the context before decoding a single frame."""
+        ids = self.prompt_ids(self.conversation(question, plan, (), system))
+        return self.check_budget(len(ids), self.visual_token_count(plan), len(plan))
+
     def fingerprint(self) -> str:
         """Identifies what turns pixels into visual tokens (config minus LLM-side keys, weight files)."""
         import hashlib
@@ -283,6 +288,21 @@ class VideoLLM:
             cfg = cfg.updated({"max_new_tokens": max_new_tokens})
         return cfg
 
+    def cap_new_tokens(self, cfg: GenerationConfig, context_tokens: int) -> GenerationConfig:
+        """Stop at the context limit instead of running past the trained positions."""
+        room = self.context_limit() - context_tokens
+        return cfg.updated({"max_new_tokens": max(room, 1)}) if cfg.max_new_tokens > room else cfg
+
+    def session(self, video, *, system: str | None = None, cache=None, input_fps: float | None = None,
+                progress: bool = False, **sampling):
+        """A `ChatSession` about `video`: encoded once (or taken from `cache`, a `FeatureCache`)."""
+        from ..session import ChatSession, FeatureCache
+
+        if isinstance(video, VisualTokens):
+            return ChatSession(self, video, system)
+        visual, hit = (cache or FeatureCache(max_items=1)).encode(self, video, input_fps, progress, **sampling)
+        return ChatSession(self, visual, system, cache_hit=hit)
+
     @torch.no_grad()
     def answer(self, visual: VisualTokens, question: str, history=(), system: str | None = None,
                max_new_tokens: int | None = None, gen: dict | None = None,
@@ -293,9 +313,7 @@ class VideoLLM:
         ids = self.prompt_ids(self.conversation(question, visual.plan, history, system))
         n_vis = visual.tokens.shape[0]
         self.check_budget(len(ids), n_vis, visual.num_frames)
-        room = self.context_limit() - (len(ids) - 1 + n_vis)
-        if cfg.max_new_tokens > room:  # stop at the context limit instead of running past trained positions
-            cfg = cfg.updated({"max_new_tokens": max(room, 1)})
+        cfg = self.cap_new_tokens(cfg, len(ids) - 1 + n_vis)
         cache = self.new_cache()
         cache.reserve(cfg.max_new_tokens)
         with timer("prefill"):
@@ -321,7 +339,6 @@ class VideoLLM:
         else:
             src = self.open(video, input_fps)
             plan = self.sampling_plan(src, **sampling)
-            self.check_budget(len(self.prompt_ids(self.conversation(question, plan, (), system))),
-                              self.visual_token_count(plan), len(plan))
+            self.plan_budget(plan, question, system)
             visual = self.encode(src, plan, progress=progress)
         return self.answer(visual, question, system=system, max_new_tokens=max_new_tokens, gen=gen, on_token=on_token)

@@ -182,15 +182,19 @@ class VideoChatFlash(VideoLLM):
                 tokens = self.model.encode_clips(pixels[:, None], is_image=True)[0]
             return VisualTokens(tokens, plan, timer.times)
         t = self.config.frames_per_clip
-        chunks = []
+        per_frame = self.model.projector.tome.tokens_per_frame
+        tokens = torch.empty(len(plan) * per_frame, self.config.llm.hidden_size, device=self.device, dtype=self.dtype)
+        done = 0
         with progress_bar(len(plan) // t, "encoding clips", progress) as bar:
             for batch in batched(frames, clip_batch * t, timer):
                 with timer("decode"):
                     pixels = self.pixels(batch)
                 with timer("encode"):
-                    chunks.append(self.model.encode_clips(pixels.reshape(-1, t, *pixels.shape[1:])).flatten(0, 1))
+                    out = self.model.encode_clips(pixels.reshape(-1, t, *pixels.shape[1:])).flatten(0, 1)
+                tokens[done : done + len(out)] = out
+                done += len(out)
                 bar.update(len(batch) // t)
-        return VisualTokens(torch.cat(chunks), plan, timer.times)
+        return VisualTokens(tokens, plan, timer.times)
 
     def user_message(self, question: str, plan: SamplingPlan) -> str:
         if plan.is_image:
