@@ -128,6 +128,7 @@ class PyAVVideo(Video):
 
     def __init__(self, path: str):
         import av
+        from av.video.reformatter import VideoReformatter
 
         self.source = path
         self.warnings = []
@@ -140,7 +141,7 @@ class PyAVVideo(Video):
             if not self._container.streams.video:
                 raise InputError(f"{path}: has no video stream")
             self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
+            self._stream.thread_type = "SLICE"  # frame threads stall on every seek
             self._pts, self._key_pts, declared = self._index()
             if not self._pts:
                 raise InputError(f"{path}: contains no video frames")
@@ -157,6 +158,9 @@ class PyAVVideo(Video):
             raise
         self._last_pts: int | None = None
         self._packets: Iterator | None = None
+        self._want: int | None = None
+        self._skip_nonref = True
+        self._rgb = VideoReformatter()  # one conversion context for all frames (PyAV makes one per frame)
 
     # ---------------------------------------------------------------- indexing
     def _index(self) -> tuple[list[int], list[int], int]:
@@ -214,8 +218,11 @@ class PyAVVideo(Video):
         self._last_pts, self._packets = None, None
 
     # ---------------------------------------------------------------- decoding
-    def _decode_from(self, key_pts: int) -> Iterator:
-        """Decoded frames from the keyframe at `key_pts` on, skipping packets FFmpeg cannot decode."""
+    def _decode_from(self, key_pts: int, skip_nonref: bool = False) -> Iterator:
+        """Decoded frames from the keyframe at `key_pts` on, skipping packets FFmpeg cannot decode.
+
+        With `skip_nonref`, frames no other frame depends on (most B-frames) are not decoded, except
+        the packet of the frame currently wanted (`self._want`): exact, and much less work on long GOPs."""
         import av
 
         try:
@@ -231,6 +238,8 @@ class PyAVVideo(Video):
                 packet = None  # end of file: flush the frames the decoder still holds (B-frame delay)
             except av.error.FFmpegError:
                 packet = None  # damaged data: flush what the decoder still holds and stop
+            wanted = packet is None or not skip_nonref or packet.pts == self._want
+            codec.skip_frame = "DEFAULT" if wanted else "NONREF"
             try:
                 yield from codec.decode(packet)
             except av.error.FFmpegError:
@@ -239,24 +248,33 @@ class PyAVVideo(Video):
                 return
 
     def _frames_sorted(self, indices):
-        for pos, i in enumerate(indices):
+        for i in indices:
             target = self._pts[i]
-            key = self._key_pts[max(bisect_right(self._key_pts, target) - 1, 0)]
-            if self._packets is None or self._last_pts is None or self._last_pts >= target or self._last_pts < key:
-                self._packets = self._decode_from(key)  # the keyframe jump is shorter than decoding on
-            frame = None
-            for candidate in self._packets:
-                if candidate.pts is None:
-                    continue
-                self._last_pts = candidate.pts
-                if candidate.pts >= target:
-                    frame = candidate
-                    break
+            self._want = target
+            frame = self._decode_towards(target, self._skip_nonref)
+            if frame is not None and frame.pts != target and self._skip_nonref:
+                self._skip_nonref = False  # this stream does not skip cleanly: decode everything from now on
+                self._packets = None
+                frame = self._decode_towards(target, False)
             if frame is None:
                 raise InputError(f"{self.source}: frame {i} could not be decoded")
             if frame.pts != target:
                 self.warnings.append(f"{self.source}: frame {i} is damaged; used the next decodable frame")
-            yield i, frame.to_ndarray(format="rgb24")
+            yield i, self._rgb.reformat(frame, format="rgb24").to_ndarray()
+
+    def _decode_towards(self, target: int, skip_nonref: bool):
+        """The first decoded frame at or after `target`, reusing the running decoder when that is shorter."""
+        key = self._key_pts[max(bisect_right(self._key_pts, target) - 1, 0)]
+        if self._packets is None or self._last_pts is None or self._last_pts >= target or self._last_pts < key:
+            self._packets = self._decode_from(key, skip_nonref)
+        for candidate in self._packets:
+            if candidate.pts is None:
+                continue
+            self._last_pts = candidate.pts
+            if candidate.pts >= target:
+                return candidate
+        self._packets = None
+        return None
 
     def close(self) -> None:
         self._packets = None
