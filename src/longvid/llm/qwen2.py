@@ -250,14 +250,19 @@ class Qwen2ForCausalLM(nn.Module):
         after_layer: AfterLayerHook | None = None,
         step: Step = Step(),
         output_hidden_states: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> DecoderOutput:
+        """`positions` [n] overrides the default (cache length + 0..n-1) in every layer, e.g. for the
+        train-time position skipping of VideoChat-Flash (`use_pos_skipping`); not with row dropping."""
+        if positions is not None and after_layer is not None:
+            raise ValueError("explicit positions cannot be combined with dropping rows between layers")
         x = inputs_embeds
         states = [] if output_hidden_states else None
         layers = self.model.layers
         for i, layer in enumerate(layers):
             if states is not None:
                 states.append(x)
-            pos = self.positions(i, x.shape[1], cache, x.device)
+            pos = positions if positions is not None else self.positions(i, x.shape[1], cache, x.device)
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, i, pos, cache, step, use_reentrant=False)
             else:

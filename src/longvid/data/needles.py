@@ -1,0 +1,283 @@
+"""The synthetic needle-in-a-haystack task family: haystacks, needle cards, questions, training records.
+
+Everything is procedural and deterministic by seed:
+
+* haystack: scenes of 8-40 frames (scene cuts), each a textured background (gradient, stripes,
+  checker or blobs in muted colours) with small shapes drifting across it;
+* needle card: a light card with a dark border and one large coloured shape (8 shapes x 8 colours);
+  a multi-hop card also carries a small white icon in its top-left corner naming the *next* card's
+  shape (the instruction), the final card carries none;
+* questions in the official NIAH wording ("Find the frame of ... Options: (A) ... Only give the best
+  option. Best option: ("), answered by one letter; options are shuffled.
+
+A quarter of the shape x colour combinations never appear in training data (`split="test"`), so an
+evaluation needle can be one the model has never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
+           "purple": (150, 60, 200), "orange": (245, 135, 30), "cyan": (40, 205, 215), "pink": (245, 125, 190)}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "bar")
+LETTERS = "ABCD"
+CARD = (238, 236, 226)
+BORDER = (25, 25, 30)
+
+
+# ------------------------------------------------------------------------------------------- drawing
+
+
+def shape_mask(shape: str, size: int, scale: float = 1.0) -> np.ndarray:
+    """A boolean [size, size] mask of `shape` centred in the square (scale 1 = fills ~80%)."""
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    x, y = (xx - c) / (size * 0.4 * scale), (yy - c) / (size * 0.4 * scale)
+    r = np.hypot(x, y)
+    if shape == "circle":
+        return r <= 1
+    if shape == "ring":
+        return (r <= 1) & (r >= 0.55)
+    if shape == "square":
+        return (np.abs(x) <= 0.85) & (np.abs(y) <= 0.85)
+    if shape == "diamond":
+        return np.abs(x) + np.abs(y) <= 1.1
+    if shape == "triangle":
+        return (y <= 0.8) & (y >= -0.9 + 1.9 * np.abs(x))
+    if shape == "cross":
+        return ((np.abs(x) <= 0.3) & (np.abs(y) <= 1)) | ((np.abs(y) <= 0.3) & (np.abs(x) <= 1))
+    if shape == "bar":
+        return (np.abs(x) <= 1) & (np.abs(y) <= 0.35)
+    if shape == "star":
+        theta = np.arctan2(y, x)
+        return r <= 0.5 + 0.5 * np.abs(np.cos(2.5 * theta))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+@dataclass(frozen=True)
+class Needle:
+    shape: str
+    colour: str
+    pointer: str | None = None  # multi-hop: the shape of the card to look for next
+
+    @property
+    def caption(self) -> str:
+        return article(f"{self.colour} {self.shape}")
+
+
+def article(noun_phrase: str) -> str:
+    return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
+
+
+def needle_card(needle: Needle, size: int = 64, seed: int = 0) -> np.ndarray:
+    """The needle image: a bordered light card, a big coloured shape, an optional instruction icon."""
+    rng = np.random.default_rng(seed)
+    frame = np.empty((size, size, 3), np.uint8)
+    frame[:] = CARD
+    b = max(2, size // 20)
+    frame[:b], frame[-b:], frame[:, :b], frame[:, -b:] = BORDER, BORDER, BORDER, BORDER
+    inner = int(size * 0.62)
+    off = (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)), (size - inner) // 2 + int(
+        rng.integers(-size // 16, size // 16 + 1))
+    mask = shape_mask(needle.shape, inner)
+    frame[off[0] : off[0] + inner, off[1] : off[1] + inner][mask] = COLOURS[needle.colour]
+    if needle.pointer is not None:
+        icon = int(size * 0.28)
+        frame[b : b + icon, b : b + icon] = BORDER
+        frame[b : b + icon, b : b + icon][shape_mask(needle.pointer, icon, 0.9)] = (255, 255, 255)
+    return frame
+
+
+def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    a, b = rng.uniform(30, 150, 3), rng.uniform(30, 150, 3)
+    if kind == 0:  # gradient
+        angle = rng.uniform(0, np.pi)
+        t = np.clip(np.cos(angle) * xx + np.sin(angle) * yy, 0, 1)[..., None]
+    elif kind == 1:  # stripes
+        f, angle = rng.uniform(3, 9), rng.uniform(0, np.pi)
+        t = (0.5 + 0.5 * np.sin(2 * np.pi * f * (np.cos(angle) * xx + np.sin(angle) * yy)))[..., None]
+    elif kind == 2:  # checker
+        n = int(rng.integers(3, 9))
+        t = (((xx * n).astype(int) + (yy * n).astype(int)) % 2).astype(np.float32)[..., None]
+    else:  # smooth blobs
+        t = np.zeros((size, size), np.float32)
+        for _ in range(4):
+            cx, cy, s = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.3)
+            t += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+        t = (t / t.max())[..., None]
+    return (a * (1 - t) + b * t).astype(np.float32)
+
+
+def haystack(num_frames: int, size: int = 64, seed: int = 0) -> Iterator[np.ndarray]:
+    """Haystack frames (one per second): scenes with cuts, textures and small drifting shapes."""
+    rng = np.random.default_rng(seed)
+    frame_idx = 0
+    while frame_idx < num_frames:
+        length = int(rng.integers(8, 41))
+        background = _texture(int(rng.integers(0, 4)), size, rng)
+        movers = []
+        for _ in range(int(rng.integers(1, 4))):
+            s = int(rng.integers(size // 10, size // 5))
+            colour = np.array(list(COLOURS.values())[int(rng.integers(0, len(COLOURS)))]) * rng.uniform(0.5, 0.8)
+            movers.append((shape_mask(SHAPES[int(rng.integers(0, len(SHAPES)))], s), colour, rng.uniform(0, size - s, 2),
+                           rng.uniform(-3, 3, 2)))
+        for t in range(min(length, num_frames - frame_idx)):
+            frame = background + rng.normal(0, 4, background.shape).astype(np.float32)
+            for mask, colour, pos, vel in movers:
+                s = mask.shape[0]
+                y, x = (np.abs((pos + vel * t) % (2 * (size - s))) - (size - s)).__abs__().astype(int)
+                region = frame[y : y + s, x : x + s]
+                region[mask] = colour
+            yield np.clip(frame, 0, 255).astype(np.uint8)
+            frame_idx += 1
+
+
+# ------------------------------------------------------------------------------------------- needles
+
+
+def combos(split: str = "train") -> list[tuple[str, str]]:
+    """Shape x colour pairs; every 4th pair (diagonally spread) is held out of training."""
+    out = []
+    for i, shape in enumerate(SHAPES):
+        for j, colour in enumerate(COLOURS):
+            held_out = (i + 2 * j) % 4 == 0
+            if split == "all" or held_out == (split == "test"):
+                out.append((shape, colour))
+    return out
+
+
+def _options(correct: str, pool: list[str], rng: np.random.Generator) -> tuple[list[str], str]:
+    others = [p for p in pool if p != correct]
+    picks = [correct] + [others[i] for i in rng.choice(len(others), 3, replace=False)]
+    order = rng.permutation(4)
+    options = [picks[i] for i in order]
+    return options, LETTERS[options.index(correct)]
+
+
+def _format(prefix: str, options: list[str]) -> str:
+    lines = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+    return f"{prefix}\nOptions: {lines}\nOnly give the best option. Best option: ("
+
+
+@dataclass
+class NeedleQuestion:
+    question: str
+    answer: str  # a letter
+    kind: str
+
+
+def single_hop_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
+    """Locate by one attribute, ask the other (official wording)."""
+    if rng.random() < 0.5:
+        options, letter = _options(needle.colour, list(COLOURS), rng)
+        return NeedleQuestion(_format(f"Find the frame of {article(needle.shape)}. What is the color of the "
+                                      f"{needle.shape}?", options), letter, "color")
+    options, letter = _options(needle.shape, list(SHAPES), rng)
+    return NeedleQuestion(_format(f"Find the frame of {article(needle.colour)} card. What shape is on the "
+                                  f"{needle.colour} card?", options), letter, "shape")
+
+
+@dataclass
+class Chain:
+    """A multi-hop chain: `cards[0]` is the entry, each card's pointer names the next one's shape."""
+
+    cards: list[Needle]  # in chain order; the last has no pointer
+    questions: list[NeedleQuestion]
+
+
+def multi_hop_chain(hops: int, rng: np.random.Generator, split: str = "train") -> Chain:
+    """`hops` cards with distinct shapes; Q1 asks the final card's caption, Q2 its colour (official pair)."""
+    pool = combos(split)
+    shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:hops]]
+    cards = []
+    for k, shape in enumerate(shapes):
+        colours = [c for s, c in pool if s == shape] or list(COLOURS)
+        colour = colours[int(rng.integers(0, len(colours)))]
+        cards.append(Needle(shape, colour, shapes[k + 1] if k + 1 < hops else None))
+    final = cards[-1]
+    entry = f"Find the frame of {article(cards[0].shape)}. Locate the final frame based on the instructions in the image, and"
+    captions = [article(f"{c} {s}") for s, c in combos("all")]
+    o1, a1 = _options(final.caption, captions, rng)
+    o2, a2 = _options(final.colour, list(COLOURS), rng)
+    return Chain(cards, [
+        NeedleQuestion(_format(f"{entry} choose the captions that best describe the frame:", o1), a1, "caption"),
+        NeedleQuestion(_format(f"{entry} answer the following question based on the final frame: what is the color "
+                               f"of the {final.shape}", o2), a2, "color"),
+    ])
+
+
+def random_needle(rng: np.random.Generator, split: str = "train") -> Needle:
+    pool = combos(split)
+    shape, colour = pool[int(rng.integers(0, len(pool)))]
+    return Needle(shape, colour)
+
+
+# ------------------------------------------------------------------------------------------- videos
+
+
+def insert(frames: list[np.ndarray], needle_frames: list[list[np.ndarray]], positions: list[int]) -> list[np.ndarray]:
+    """Insert each needle's frames before haystack frame `positions[i]` (positions in haystack indices)."""
+    out: list[np.ndarray] = []
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    cursor = 0
+    for i in order:
+        out.extend(frames[cursor : positions[i]])
+        out.extend(needle_frames[i])
+        cursor = positions[i]
+    out.extend(frames[cursor:])
+    return out
+
+
+def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, hops: int = 1,
+                    split: str = "train", distractors: int = 0) -> tuple[np.ndarray, list[NeedleQuestion]]:
+    """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
+    plus up to `distractors` other cards (different shapes and colours) the questions are not about."""
+    hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
+    repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
+    if hops <= 1:
+        needle = random_needle(rng, split)
+        cards, questions = [needle], [single_hop_question(needle, rng)]
+    else:
+        chain = multi_hop_chain(hops, rng, split)
+        cards, questions = list(chain.cards), chain.questions
+    used_shapes, used_colours = {c.shape for c in cards}, {c.colour for c in cards}
+    for _ in range(int(rng.integers(0, distractors + 1))):
+        free = [(s, c) for s, c in combos(split) if s not in used_shapes and c not in used_colours]
+        if not free:
+            break
+        shape, colour = free[int(rng.integers(0, len(free)))]
+        pointer = SHAPES[int(rng.integers(0, len(SHAPES)))] if hops > 1 else None
+        cards.append(Needle(shape, colour, pointer if pointer != shape else None))
+        used_shapes.add(shape)
+        used_colours.add(colour)
+    card_frames = [[needle_card(c, size, int(rng.integers(0, 2**31)))] * repeat for c in cards]
+    positions = [int(p) for p in rng.integers(0, num_frames + 1, len(cards))]
+    return np.stack(insert(hay, card_frames, positions)), questions
+
+
+def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int], seed: int = 0, size: int = 64,
+                       hops: tuple[int, ...] = (1,), split: str = "train") -> Path:
+    """`samples` videos (.npy, 1 fps) + `records.jsonl` in the LLaVA training format; returns the jsonl."""
+    folder = Path(folder)
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(samples):
+        n = int(rng.integers(frames[0], frames[1] + 1))
+        k = hops[int(rng.integers(0, len(hops)))]
+        video, questions = training_sample(n, rng, size, k, split)
+        name = f"videos/{i:06d}.npy"
+        np.save(folder / name, video)
+        q = questions[int(rng.integers(0, len(questions)))]
+        lines.append(json.dumps({"id": f"needle-{seed}-{i}", "video": name, "conversations": [
+            {"from": "human", "value": f"<image>\n{q.question}"}, {"from": "gpt", "value": q.answer}]}))
+    path = folder / "records.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,100 @@
+"""NIAH harness plumbing (random tiny model): grid, resume, official placement, scoring, heatmap."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from longvid.cli import main
+from longvid.data.needles import (COLOURS, SHAPES, Needle, combos, haystack, multi_hop_chain, needle_card,
+                                  single_hop_question, training_sample)
+from longvid.niah import NiahSettings, multi_hop_positions, run_niah, single_hop_position
+from longvid.niah.harness import letter_of, make_trial
+
+
+def test_official_placement_formulas():
+    # single-hop: haystack[:int(d*F)] + needle + haystack[int(d*F):]
+    assert [single_hop_position(1000, d) for d in (0, 0.2, 0.5, 1.0)] == [0, 200, 500, 1000]
+    assert single_hop_position(333, 0.7) == int(0.7 * 333)
+    # multi-hop, K needles: needle 0 first, needle i after haystack[int((i-1)F/(K-1)) : int(iF/(K-1))]
+    assert multi_hop_positions(1000, 5) == [0, 250, 500, 750, 1000]
+    assert multi_hop_positions(100, 3) == [0, 50, 100]
+    assert multi_hop_positions(10, 4) == [0, int(10 / 3), int(20 / 3), 10]
+
+
+def test_synthetic_family_is_deterministic_and_splits_needles():
+    a = list(haystack(30, 32, seed=3))
+    b = list(haystack(30, 32, seed=3))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], list(haystack(1, 32, 4))[0])
+    assert len(combos("train")) + len(combos("test")) == len(SHAPES) * len(COLOURS)
+    assert not set(combos("train")) & set(combos("test"))
+    card = needle_card(Needle("star", "red"), 64)
+    assert card.shape == (64, 64, 3) and (card == COLOURS["red"]).all(-1).sum() > 200
+    video, questions = training_sample(20, np.random.default_rng(0), 32, distractors=2)
+    assert 21 <= len(video) <= 20 + 4 * 3 and len(questions) == 1
+    q = single_hop_question(Needle("star", "red"), np.random.default_rng(1))
+    assert q.question.startswith("Find the frame of") and q.question.endswith("Best option: (")
+    assert f"({q.answer}) " in q.question
+
+
+def test_multi_hop_chain_points_to_the_next_card():
+    chain = multi_hop_chain(4, np.random.default_rng(2))
+    assert [c.pointer for c in chain.cards[:-1]] == [c.shape for c in chain.cards[1:]]
+    assert chain.cards[-1].pointer is None and len(chain.questions) == 2
+    assert chain.questions[0].question.startswith(f"Find the frame of a{'n' if chain.cards[0].shape[0] in 'aeiou' else ''} "
+                                                  f"{chain.cards[0].shape}. Locate the final frame")
+
+
+def test_letter_match():
+    assert letter_of("B) blue") == "B" and letter_of(" (c)") == "C" and letter_of("") == ""
+
+
+def test_grid_resume_and_outputs(tiny_model, tmp_path):
+    settings = NiahSettings(frames=[12, 20], depths=[0.0, 1.0], trials=1, seed=5, size=32)
+    summary = run_niah(tiny_model, settings, tmp_path, progress=False)
+    assert summary["trials"] == 4 and {c["frames"] for c in summary["cells"]} == {12, 20}
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["accuracy"] == summary["accuracy"] and on_disk["settings"]["seed"] == 5
+    lines = (tmp_path / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    # interrupt: drop the last finished trial (and cut a line mid-write); the rerun redoes only that one
+    (tmp_path / "trials.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    calls = []
+    import longvid.niah.harness as harness
+    original = harness.run_trial
+    harness.run_trial = lambda *a: (calls.append(a[3].key), original(*a))[1]
+    try:
+        again = run_niah(tiny_model, settings, tmp_path, progress=False)
+    finally:
+        harness.run_trial = original
+    assert calls == [json.loads(lines[3])["key"]] and again["trials"] == 4
+    with pytest.raises(Exception, match="other settings"):
+        run_niah(tiny_model, NiahSettings(frames=[12], depths=[0.0], trials=1, seed=6, size=32), tmp_path)
+
+
+def test_pixel_level_puts_the_needle_at_its_depth(tiny_model):
+    s = NiahSettings(frames=[40], depths=[0.5], trials=1, seed=1, size=32, needle_frames=2)
+    trial = make_trial(s, 40, 0.5, 0)
+    from longvid.niah.harness import Haystack
+
+    video = Haystack(s).spliced(40, trial.images, trial.positions, s.needle_frames)
+    frames = video.read(list(range(video.num_frames)))
+    assert video.num_frames == 42
+    assert np.array_equal(frames[20], trial.images[0]) and np.array_equal(frames[21], trial.images[0])
+    assert not np.array_equal(frames[19], trial.images[0]) and not np.array_equal(frames[22], trial.images[0])
+
+
+def test_cli_multi_hop_embedding_level(tiny_checkpoint, tmp_path, capfd):
+    code = main(["niah", "--model", str(tiny_checkpoint), "--frames", "16", "--hops", "3", "--level", "embedding",
+                 "--trials", "2", "--out", str(tmp_path)])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trials"] == 2 and summary["settings"]["hops"] == 3 and "accuracy" in summary
+    record = json.loads((tmp_path / "trials.jsonl").read_text().splitlines()[0])
+    assert len(record["questions"]) == 2 and record["positions"] == [0, 8, 16]
+    assert record["visual_tokens"] == 16 * 16 + 3 * 64  # haystack + three needle clips of 64 tokens
+    assert (tmp_path / "haystack_features.safetensors").is_file()
