@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from longvid.cli import main
 from longvid.video.sampling import segment_middles

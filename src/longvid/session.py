@@ -31,7 +31,7 @@ from .generation import generate
 from .llm import KVCache
 from .models.base import Answer, Timer, VideoLLM, VisualTokens
 from .prompt import IMAGE_TOKEN_INDEX
-from .video import Video, open_video
+from .video import Video
 
 
 def content_key(video) -> str | None:
@@ -139,8 +139,8 @@ class ChatSession:
         cfg = m.generation_config(max_new_tokens, gen)
         ids = m.prompt_ids(m.conversation(question, self.visual.plan, self.history, self.system))
         n_vis = self.visual.tokens.shape[0]
-        m.check_budget(len(ids), n_vis, self.visual.num_frames)
-        cfg = m.cap_new_tokens(cfg, len(ids) - 1 + n_vis)
+        budget = m.check_budget(len(ids), n_vis, self.visual.num_frames)
+        cfg = m.cap_new_tokens(cfg, max(budget.kv_tokens_per_layer))
         tokens = self.visual.tokens.to(m.device, m.dtype)
         with timer("prefill"):
             if m.question_dependent:  # what is kept depends on this question: recompute from the tokens

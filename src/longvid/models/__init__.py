@@ -18,6 +18,7 @@ from ..errors import CheckpointError, ConfigError
 from ..generation import GenerationConfig
 from .base import Answer, VideoLLM, VisualTokens
 from .videochat_flash import VideoChatFlash, VideoChatFlashConfig, VideoChatFlashModel
+from .video_xl import VideoXL, VideoXLConfig, VideoXLModel
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -37,8 +38,14 @@ def _is_videochat_flash(cfg: dict[str, Any]) -> bool:
     return cfg.get("model_type") == "videochat_flash_qwen" or tower.startswith(("umt", "internvideo2"))
 
 
+def _is_video_xl(cfg: dict[str, Any]) -> bool:
+    llava_qwen = cfg.get("model_type") == "llava_qwen" or "LlavaQwenForCausalLM" in (cfg.get("architectures") or [])
+    return llava_qwen and any(key.startswith("beacon_") for key in cfg)  # LLaVA-Qwen with visual summary tokens
+
+
 FAMILIES: list[Family] = [
     Family("videochat_flash", _is_videochat_flash, VideoChatFlashConfig, VideoChatFlashModel, VideoChatFlash),
+    Family("video_xl", _is_video_xl, VideoXLConfig, VideoXLModel, VideoXL),
 ]
 
 

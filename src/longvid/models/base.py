@@ -289,7 +289,8 @@ class VideoLLM:
         return cfg
 
     def cap_new_tokens(self, cfg: GenerationConfig, context_tokens: int) -> GenerationConfig:
-        """Stop at the context limit instead of running past the trained positions."""
+        """Stop at the context limit instead of running past the trained positions (`context_tokens`:
+        positions the prompt occupies in the cache, i.e. the longest layer)."""
         room = self.context_limit() - context_tokens
         return cfg.updated({"max_new_tokens": max(room, 1)}) if cfg.max_new_tokens > room else cfg
 
@@ -312,8 +313,8 @@ class VideoLLM:
         cfg = self.generation_config(max_new_tokens, gen)
         ids = self.prompt_ids(self.conversation(question, visual.plan, history, system))
         n_vis = visual.tokens.shape[0]
-        self.check_budget(len(ids), n_vis, visual.num_frames)
-        cfg = self.cap_new_tokens(cfg, len(ids) - 1 + n_vis)
+        budget = self.check_budget(len(ids), n_vis, visual.num_frames)
+        cfg = self.cap_new_tokens(cfg, max(budget.kv_tokens_per_layer))
         cache = self.new_cache()
         cache.reserve(cfg.max_new_tokens)
         with timer("prefill"):

@@ -23,7 +23,7 @@ from ..compress.token_drop import TokenDropConfig, VideoTokenDrop
 from ..errors import ConfigError, InputError
 from ..llm import KVCache, Qwen2Config, Qwen2ForCausalLM
 from ..prompt import IMAGE_TOKEN_INDEX, time_message
-from ..video import SamplingPlan, Video, fps_plan, timestamps_plan, uniform_plan, videochat_flash_plan
+from ..video import SamplingPlan, Video, fps_plan, timestamps_plan, trim, uniform_plan, videochat_flash_plan
 from ..vision import SquashProcessor, build_vision_tower, vision_config
 from .base import Timer, VideoLLM, VisualTokens, batched, progress_bar
 
@@ -220,16 +220,3 @@ class VideoChatFlash(VideoLLM):
 
     def prefill_full(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model.llm.logits(self.forward_prompt(ids, visual, cache).hidden[:, -1])[0]
-
-
-def trim(video: Video, start: float | None, end: float | None) -> tuple[int, int]:
-    """(first frame index, frame count) of the [start, end) seconds of `video`."""
-    if start is None and end is None:
-        return 0, video.num_frames
-    s = max(0.0, float(start or 0.0))
-    e = min(float(end) if end is not None else video.duration, video.duration)
-    first = int(s * video.fps)
-    count = min(int((e - s) * video.fps), video.num_frames - first)
-    if count < 1:
-        raise InputError(f"the range {s:.2f}-{e:.2f} s holds no frames of this {video.duration:.2f} s video")
-    return first, count

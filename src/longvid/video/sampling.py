@@ -127,3 +127,16 @@ def timestamps_plan(num_frames: int, fps: float, seconds: list[float], first_ind
         raise InputError("no timestamps given")
     idx = [min(max(int(round(t * fps)), 0), num_frames - 1) for t in seconds]
     return SamplingPlan(_offset(idx, first_index), fps, num_frames / fps, num_frames, "timestamps", first_index)
+
+
+def trim(video, start: float | None, end: float | None) -> tuple[int, int]:
+    """(first frame index, frame count) of the [start, end) seconds of `video`."""
+    if start is None and end is None:
+        return 0, video.num_frames
+    s = max(0.0, float(start or 0.0))
+    e = min(float(end) if end is not None else video.duration, video.duration)
+    first = int(s * video.fps)
+    count = min(int((e - s) * video.fps), video.num_frames - first)
+    if count < 1:
+        raise InputError(f"the range {s:.2f}-{e:.2f} s holds no frames of this {video.duration:.2f} s video")
+    return first, count
