@@ -56,7 +56,9 @@ def test_fps_plan_covers_the_whole_video_when_thinned():
     plan = fps_plan(3600 * 30, 30.0, 1.0, max_frames=100)
     assert len(plan) == 100
     assert plan.indices[0] == 15 and plan.indices[-1] > 3590 * 30
-    assert fps_plan(300, 30.0, 2.0).indices == [int(round(t * 30)) for t in np.arange(0.25, 10.0, 0.5)]
+    assert fps_plan(300, 30.0, 2.0).indices == [int(t * 30) for t in np.arange(0.25, 10.0, 0.5)]
+    assert fps_plan(90, 30.0, 30.0).indices == list(range(90))  # at the source rate: every frame once
+    assert fps_plan(90, 30.0, 1e9).indices == list(range(90))  # never more than the source has
 
 
 def test_linspace_and_timestamps_plans():

@@ -102,13 +102,15 @@ def uniform_plan(num_frames: int, fps: float, n: int, first_index: int = 0) -> S
 
 
 def fps_plan(num_frames: int, fps: float, target_fps: float, max_frames: int = 0, first_index: int = 0) -> SamplingPlan:
+    """The frame showing the middle of each 1/`target_fps` interval (at most one per source frame)."""
     _check(num_frames, fps)
-    if target_fps <= 0:
+    if not target_fps > 0:
         raise InputError("--fps must be positive")
+    target_fps = min(float(target_fps), fps)
     duration = num_frames / fps
     delta = 1.0 / target_fps
-    seconds = np.arange(delta / 2, duration + delta / 2, delta)
-    idx = [int(i) for i in np.around(seconds * fps).astype(int) if i < num_frames] or [0]
+    seconds = np.arange(delta / 2, duration, delta)
+    idx = sorted({min(int(t * fps), num_frames - 1) for t in seconds}) or [0]
     if max_frames and len(idx) > max_frames:  # thin uniformly instead of dropping the end of the video
         pick = np.linspace(0, len(idx) - 1, max_frames).round().astype(int)
         idx = [idx[i] for i in pick]

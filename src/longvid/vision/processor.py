@@ -30,12 +30,15 @@ def _to_uint8_rgb(frame: np.ndarray | Image.Image) -> np.ndarray:
 
 
 def _normalise(resized: list[np.ndarray], mean, std) -> torch.Tensor:
-    # same arithmetic as transformers' rescale (float64 * 1/255 -> float32) + normalize (float32)
-    x = torch.from_numpy(np.stack(resized)).double() * (1 / 255)
-    x = x.float().permute(0, 3, 1, 2)
-    mean_t = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-    std_t = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-    return (x - mean_t) / std_t
+    """uint8 HWC frames -> float32 CHW, with transformers' arithmetic (rescale in float64, then float32
+    normalize), one frame at a time so a long batch never holds a float64 copy."""
+    out = torch.empty(len(resized), 3, *resized[0].shape[:2], dtype=torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    for i, frame in enumerate(resized):
+        x = (torch.from_numpy(frame).double() * (1 / 255)).float().permute(2, 0, 1)
+        out[i] = (x - mean_t) / std_t
+    return out
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""`longvid serve`: registered on the CLI's `app` at start-up; FastAPI and uvicorn load only when it runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, SetOpt, app, load_model
+from ..errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = ModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LONGVID_API_KEY",
+                                          help="Require `Authorization: Bearer KEY` on /v1 routes."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name",
+                                                    help="The model id clients send (default: --model)."),
+    media_root: Optional[Path] = typer.Option(None, "--media-root",
+                                              help="Allow file:// URLs, for files under this folder only."),
+    allow_remote_media: bool = typer.Option(False, "--allow-remote-media",
+                                            help="Allow http(s):// media URLs (public addresses only)."),
+    max_media_mb: float = typer.Option(32.0, "--max-media-mb", help="Largest data: payload or download."),
+    fetch_timeout: float = typer.Option(30.0, "--fetch-timeout", help="Seconds allowed for one download."),
+    max_concurrency: int = typer.Option(2, "--max-concurrency",
+                                        help="Requests in progress at once (the model runs one at a time; "
+                                        "the others fetch media or wait for it)."),
+    max_queue: int = typer.Option(32, "--max-queue", help="Requests waiting beyond those; more get HTTP 429."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds per request, queueing included (then 504)."),
+    frame_limit: int = typer.Option(1024, "--frame-limit", help="Most frames one request may sample."),
+    cache_dir: Optional[Path] = CacheDirOpt,
+    cache_items: int = typer.Option(8, "--cache-items", help="Encoded videos kept in memory."),
+    sets: Optional[list[str]] = SetOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+):
+    """Serve MODEL over an OpenAI-compatible API: POST /v1/chat/completions with video_url / image_url parts."""
+    import logging
+
+    import uvicorn
+
+    from .app import ServerSettings, create_app
+    from .media import MediaPolicy
+
+    if max_concurrency < 1 or max_queue < 0 or timeout <= 0 or frame_limit < 1 or max_media_mb <= 0:
+        raise ConfigError("--max-concurrency, --timeout, --frame-limit and --max-media-mb must be positive, "
+                          "--max-queue at least 0")
+    policy = MediaPolicy(media_root, allow_remote_media, int(max_media_mb * (1 << 20)), fetch_timeout)
+    m = load_model(model, sets, dtype, device)
+    settings = ServerSettings(served_model_name or model or m.name, api_key, policy, max_concurrency, max_queue,
+                              timeout, frame_limit, cache_dir, cache_items)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    if host not in LOOPBACK and not api_key:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model",
+              file=sys.stderr)
+    print(f"longvid: serving {settings.model_id!r} at http://{host}:{port}/v1 (pid {os.getpid()})", file=sys.stderr)
+    uvicorn.run(create_app(m, settings), host=host, port=port, log_level=log_level.lower(),
+                timeout_graceful_shutdown=5)
