@@ -36,7 +36,7 @@ def _normalise(resized: list[np.ndarray], mean, std) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     for i, frame in enumerate(resized):
-        x = (torch.from_numpy(frame).double() * (1 / 255)).float().permute(2, 0, 1)
+        x = (torch.as_tensor(np.asarray(frame, dtype=np.float64)) * (1 / 255)).float().permute(2, 0, 1)
         out[i] = (x - mean_t) / std_t
     return out
 
