@@ -29,8 +29,10 @@ There is a person, a dog, a car, a tree, a house, a ball, a boat and a bird. It 
 """
 
 
-def train_tokenizer(folder: Path, vocab_size: int = 512) -> None:
-    """Write tokenizer.json + tokenizer_config.json for a byte-level BPE with the ChatML specials."""
+def train_tokenizer(folder: Path, vocab_size: int = 512, corpus: list[str] | None = None,
+                    added: list[str] | None = None) -> None:
+    """Write tokenizer.json + tokenizer_config.json for a byte-level BPE with the ChatML specials,
+    trained on `corpus` lines (default: a few generic sentences), plus `added` whole-string tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -40,10 +42,14 @@ def train_tokenizer(folder: Path, vocab_size: int = 512) -> None:
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(added or []), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    lines = CORPUS.splitlines()
-    tok.train_from_iterator(lines * 4, trainer)
+    lines = corpus if corpus is not None else CORPUS.splitlines() * 4
+    tok.train_from_iterator(lines, trainer)
+    if added:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(t, normalized=False) for t in added])
     tok.add_special_tokens(SPECIAL_TOKENS)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
@@ -87,8 +93,9 @@ def generation_config(vocab_size: int) -> dict[str, Any]:
             "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
 
 
-def make_checkpoint(folder: str | Path, config: dict[str, Any], seed: int = 0, vocab_size: int | None = None) -> Path:
-    """Write a random checkpoint for `config` (with a freshly trained tokenizer) to `folder`."""
+def make_checkpoint(folder: str | Path, config: dict[str, Any], seed: int = 0, vocab_size: int | None = None,
+                    corpus: list[str] | None = None, added: list[str] | None = None) -> Path:
+    """Write a random checkpoint for `config` (with a tokenizer freshly trained on `corpus`) to `folder`."""
     from .models import build
 
     folder = Path(folder)
@@ -96,6 +103,6 @@ def make_checkpoint(folder: str | Path, config: dict[str, Any], seed: int = 0, v
     _, _, module = build(config)
     tensors = {module.to_release_key(k): v for k, v in module.state_dict().items()}
     save_checkpoint(folder, config, tensors)
-    train_tokenizer(folder, vocab_size or config["vocab_size"])
+    train_tokenizer(folder, vocab_size or config["vocab_size"], corpus, added)
     (folder / "generation_config.json").write_text(json.dumps(generation_config(config["vocab_size"]), indent=2))
     return folder

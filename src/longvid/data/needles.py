@@ -184,6 +184,15 @@ def single_hop_question(needle: Needle, rng: np.random.Generator) -> NeedleQuest
                                   f"{needle.colour} card?", options), letter, "shape")
 
 
+def open_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
+    """The same facts answered in one word: a dense signal for learning to read the cards."""
+    if rng.random() < 0.5:
+        return NeedleQuestion(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}? "
+                              "Answer with one word.", needle.colour, "color-word")
+    return NeedleQuestion(f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card? "
+                          "Answer with one word.", needle.shape, "shape-word")
+
+
 @dataclass
 class Chain:
     """A multi-hop chain: `cards[0]` is the entry, each card's pointer names the next one's shape."""
@@ -219,6 +228,26 @@ def random_needle(rng: np.random.Generator, split: str = "train") -> Needle:
     return Needle(shape, colour)
 
 
+def corpus(samples: int = 3000, seed: int = 0) -> list[str]:
+    """Text of the task family (questions, options, answers, time messages): a tokenizer trained on it
+    keeps words and option markers such as "(A)" whole, so short prompts and easy letter binding."""
+    from ..prompt import time_message
+
+    rng = np.random.default_rng(seed)
+    lines = [CORPUS_PREFIX] * 50
+    for _ in range(samples):
+        needle = random_needle(rng, "all")
+        lines.append(single_hop_question(needle, rng).question)
+        lines.append(open_question(needle, rng).question)
+        lines.append(multi_hop_chain(3, rng, "all").questions[int(rng.integers(0, 2))].question)
+        lines.append(time_message(float(rng.integers(1, 5000)), int(rng.integers(1, 5000))))
+        lines.append(f"The video shows {needle.caption}, then {random_needle(rng, 'all').caption}.")
+    return lines
+
+
+CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nAnswer with one word. Best option: ( A B C D"
+
+
 # ------------------------------------------------------------------------------------------- videos
 
 
@@ -236,14 +265,17 @@ def insert(frames: list[np.ndarray], needle_frames: list[list[np.ndarray]], posi
 
 
 def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, hops: int = 1,
-                    split: str = "train", distractors: int = 0) -> tuple[np.ndarray, list[NeedleQuestion]]:
+                    split: str = "train", distractors: int = 0, turns: int = 1,
+                    open_ratio: float = 0.0) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
-    plus up to `distractors` other cards (different shapes and colours) the questions are not about."""
+    plus up to `distractors` other cards (other shapes and colours).
+
+    Single-hop samples get `turns` questions (1 to `turns`), each about one of the cards, a fraction
+    `open_ratio` of them answered in one word instead of a letter."""
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
     if hops <= 1:
-        needle = random_needle(rng, split)
-        cards, questions = [needle], [single_hop_question(needle, rng)]
+        cards = [random_needle(rng, split)]
     else:
         chain = multi_hop_chain(hops, rng, split)
         cards, questions = list(chain.cards), chain.questions
@@ -257,9 +289,33 @@ def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, h
         cards.append(Needle(shape, colour, pointer if pointer != shape else None))
         used_shapes.add(shape)
         used_colours.add(colour)
+    if hops <= 1:
+        questions = []
+        for _ in range(int(rng.integers(1, turns + 1))):
+            card = cards[int(rng.integers(0, len(cards)))]
+            ask = open_question if rng.random() < open_ratio else single_hop_question
+            questions.append(ask(card, rng))
     card_frames = [[needle_card(c, size, int(rng.integers(0, 2**31)))] * repeat for c in cards]
     positions = [int(p) for p in rng.integers(0, num_frames + 1, len(cards))]
     return np.stack(insert(hay, card_frames, positions)), questions
+
+
+def text_sample(rng: np.random.Generator, split: str = "train", turns: int = 1,
+                open_ratio: float = 0.0) -> tuple[str, list[NeedleQuestion]]:
+    """The cards described in words instead of shown (a cheap warm-up for answering by letter)."""
+    cards = [random_needle(rng, split)]
+    for _ in range(int(rng.integers(0, 3))):
+        shape, colour = random_needle(rng, split).shape, random_needle(rng, split).colour
+        if all(shape != c.shape and colour != c.colour for c in cards):
+            cards.append(Needle(shape, colour))
+    order = rng.permutation(len(cards))
+    context = "The video shows " + ", then ".join(cards[i].caption for i in order) + "."
+    questions = []
+    for _ in range(int(rng.integers(1, turns + 1))):
+        card = cards[int(rng.integers(0, len(cards)))]
+        ask = open_question if rng.random() < open_ratio else single_hop_question
+        questions.append(ask(card, rng))
+    return context, questions
 
 
 def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int], seed: int = 0, size: int = 64,
