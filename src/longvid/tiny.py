@@ -96,13 +96,12 @@ def generation_config(vocab_size: int) -> dict[str, Any]:
 def make_checkpoint(folder: str | Path, config: dict[str, Any], seed: int = 0, vocab_size: int | None = None,
                     corpus: list[str] | None = None, added: list[str] | None = None) -> Path:
     """Write a random checkpoint for `config` (with a tokenizer freshly trained on `corpus`) to `folder`."""
-    from .models import build
+    from .models import build, release_state_dict
 
     folder = Path(folder)
     torch.manual_seed(seed)
     _, _, module = build(config)
-    tensors = {module.to_release_key(k): v for k, v in module.state_dict().items()}
-    save_checkpoint(folder, config, tensors)
+    save_checkpoint(folder, config, release_state_dict(module))
     train_tokenizer(folder, vocab_size or config["vocab_size"], corpus, added)
     (folder / "generation_config.json").write_text(json.dumps(generation_config(config["vocab_size"]), indent=2))
     return folder

@@ -185,12 +185,13 @@ def single_hop_question(needle: Needle, rng: np.random.Generator) -> NeedleQuest
 
 
 def open_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
-    """The same facts answered in one word: a dense signal for learning to read the cards."""
+    """The same facts answered in words ("It is red."): a dense signal for learning to read the cards, in
+    the very tokens the options use (" red", " star")."""
     if rng.random() < 0.5:
-        return NeedleQuestion(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}? "
-                              "Answer with one word.", needle.colour, "color-word")
-    return NeedleQuestion(f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card? "
-                          "Answer with one word.", needle.shape, "shape-word")
+        return NeedleQuestion(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}?",
+                              f"It is {needle.colour}.", "color-word")
+    return NeedleQuestion(f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card?",
+                          f"It is {article(needle.shape)}.", "shape-word")
 
 
 @dataclass
@@ -245,7 +246,7 @@ def corpus(samples: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nAnswer with one word. Best option: ( A B C D"
+CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nIt is a star. It is red. Best option: ( A B C D"
 
 
 # ------------------------------------------------------------------------------------------- videos
@@ -319,21 +320,31 @@ def text_sample(rng: np.random.Generator, split: str = "train", turns: int = 1,
 
 
 def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int], seed: int = 0, size: int = 64,
-                       hops: tuple[int, ...] = (1,), split: str = "train") -> Path:
-    """`samples` videos (.npy, 1 fps) + `records.jsonl` in the LLaVA training format; returns the jsonl."""
+                       hops: tuple[int, ...] = (1,), split: str = "train", distractors: int = 2, turns: int = 1,
+                       open_ratio: float = 0.0, text: float = 0.0) -> Path:
+    """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
+    with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
+    cards described in words) that teach answering by letter cheaply."""
     folder = Path(folder)
     (folder / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(samples):
-        n = int(rng.integers(frames[0], frames[1] + 1))
-        k = hops[int(rng.integers(0, len(hops)))]
-        video, questions = training_sample(n, rng, size, k, split)
-        name = f"videos/{i:06d}.npy"
-        np.save(folder / name, video)
-        q = questions[int(rng.integers(0, len(questions)))]
-        lines.append(json.dumps({"id": f"needle-{seed}-{i}", "video": name, "conversations": [
-            {"from": "human", "value": f"<image>\n{q.question}"}, {"from": "gpt", "value": q.answer}]}))
+        if rng.random() < text:
+            context, questions = text_sample(rng, split, turns, open_ratio)
+            first, media = f"{context} ", {}
+        else:
+            n = int(rng.integers(frames[0], frames[1] + 1))
+            k = hops[int(rng.integers(0, len(hops)))]
+            video, questions = training_sample(n, rng, size, k, split, distractors, turns, open_ratio)
+            name = f"videos/{i:06d}.npy"
+            np.save(folder / name, video)
+            first, media = "<image>\n", {"video": name, "fps": 1.0}
+        conversation = []
+        for k, q in enumerate(questions):
+            conversation += [{"from": "human", "value": (first if k == 0 else "") + q.question},
+                             {"from": "gpt", "value": q.answer}]
+        lines.append(json.dumps({"id": f"needle-{seed}-{i}", **media, "conversations": conversation}))
     path = folder / "records.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -102,6 +102,14 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtyp
         llm.lm_head.weight = llm.model.embed_tokens.weight
 
 
+def release_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s weights under the released key names (a tied `lm_head` is stored once, as the release does)."""
+    llm = getattr(module, "llm", None)
+    tied = llm is not None and llm.config.tie_word_embeddings
+    return {module.to_release_key(k): v for k, v in module.state_dict().items()
+            if not (tied and k == "llm.lm_head.weight")}
+
+
 def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32",
          overrides: dict[str, Any] | None = None, weights: bool = True) -> VideoLLM:
     """Load a released checkpoint (local folder or hub id) as a ready-to-ask model object.
@@ -124,4 +132,4 @@ def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | to
 
 
 __all__ = ["Answer", "Family", "FAMILIES", "VideoLLM", "VisualTokens", "build", "family_of", "load", "load_weights",
-           "register", "to_dtype"]
+           "register", "release_state_dict", "to_dtype"]

@@ -80,7 +80,7 @@ class DataSpec:
     frames_upbound: int = 512
     sample: str = "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments)
     template: str = "qwen"  # qwen (ChatML, stages 2-4) or plain ("<image>" + answer, the stage-1 connector init)
-    time_message: bool = True
+    time_message: bool | str = True  # true: the official training string; "chat": as `longvid ask` builds it; false
     system: str = DEFAULT_SYSTEM
     max_length: int | None = None  # default: the model's tokenizer_model_max_length
     group_by_length: bool = True

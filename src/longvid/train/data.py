@@ -154,12 +154,16 @@ def parse_record(obj: object, where: str, root: Path) -> Record:
                   numbers.get("fps"))
 
 
-def with_image_first(text: str, msg: str = "") -> str:
-    """The official `preprocess_multimodal`: `<image>` first, then a newline, then the time message."""
+def with_image_first(text: str, msg: str = "", chat: bool = False) -> str:
+    """The official `preprocess_multimodal`: `<image>` first, then a newline, then the time message
+    (which leaves "... from it. \n{question}"); with `chat`, the inference string of `chat()` instead:
+    "<image>\n{time message} {question}"."""
     if IMAGE_TOKEN not in text:
         return text
     if not text.startswith(IMAGE_TOKEN):
         text = (IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
+    if chat and msg.strip():
+        return f"{IMAGE_TOKEN}\n{msg.strip()} {text[len(IMAGE_TOKEN):].lstrip()}"
     if msg.rstrip():
         text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN + msg.rstrip() + " ")
     return text
@@ -253,7 +257,8 @@ class TrainDataset:
             if rec.kind == "video":
                 pixels, msg = self._video(rec)
                 num_visual = self.layout.tokens_per_frame * pixels.shape[0]
-                turns = [(r, with_image_first(t, msg if self.spec.time_message else "")) for r, t in turns]
+                chat = self.spec.time_message == "chat"
+                turns = [(r, with_image_first(t, msg if self.spec.time_message else "", chat)) for r, t in turns]
             elif rec.kind == "image":
                 video = open_video(rec.media)
                 try:

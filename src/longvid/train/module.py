@@ -145,6 +145,21 @@ class TrainingModule(nn.Module):
             out["image"] = self.model.encode_clips(images, is_image=True)  # [n_images, 64, hidden]
         return torch.cat([out[kind][first : first + n].flatten(0, 1) for kind, first, n in order])
 
+    def skipped_positions(self, n: int, device) -> torch.Tensor | None:
+        """The official `use_pos_skipping`: in training, positions jump once, at a random row, by random
+        offsets up to `pos_skipping_range`, so short samples teach the relative distances of long ones."""
+        cfg = self.model.config.raw
+        if not (self.training and cfg.get("use_pos_skipping")):
+            return None
+        span = int(cfg.get("pos_skipping_range", 4096))
+        split = int(torch.randint(0, n + 1, ()))
+        left = int(torch.randint(0, span + 1, ()))
+        right = int(torch.randint(left, span + 1, ()))
+        positions = torch.arange(n, device=device)
+        positions[:split] += left
+        positions[split:] += right
+        return positions
+
     def forward(self, tokens, labels, visual_mask, clips=None, images=None, order=()) -> torch.Tensor:
         llm = self.model.llm
         embeds = llm.embed(tokens)
@@ -155,7 +170,7 @@ class TrainingModule(nn.Module):
             # Frozen embeddings (LoRA, frozen LLM) and no visual rows: FSDP2 would reduce the first decoder
             # layer's gradients at the end of backward on this process but in order on the others.
             embeds.requires_grad_(True)
-        hidden = llm(embeds).hidden
+        hidden = llm(embeds, positions=self.skipped_positions(embeds.shape[1], embeds.device)).hidden
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         loss = F.cross_entropy(llm.logits(hidden[:, :-1][keep]), targets[keep], reduction="sum")

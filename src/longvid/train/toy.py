@@ -1,4 +1,4 @@
-"""Generated training data for tests and the tiny example: no files needed besides the YAML.
+"""Generated training data for tests and the tiny examples: no files needed besides the YAML.
 
 The `color` task: a square of one of four colours drifts over a noisy background and the answer is
 its colour. It is learnable from the pixels alone, so a falling loss means the whole path (decoder,
@@ -6,6 +6,11 @@ sampler, tower, ToMe, projector, LLM) learns. Videos are written as `.npy` array
 H.264 `.mp4` files; a few samples are still images, so image and video records mix in one dataset.
 
     synthetic: {task: color, videos: 48, images: 16, frames: [8, 24], size: 64, fps: 4, format: npy, seed: 0}
+
+The `needle` task (`longvid.data.needles`): haystacks of 1-fps frames with needle cards, questions in
+the official NIAH wording (several per video), plus a fraction of text-only records.
+
+    synthetic: {task: needle, samples: 2000, frames: [4, 32], distractors: 2, turns: 3, open: 0.3, text: 0.2}
 """
 
 from __future__ import annotations
@@ -23,15 +28,24 @@ COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "
 QUESTIONS = ["What color is the shape?", "Which color is the shape in the video?", "Describe the color of the shape."]
 DEFAULTS: dict[str, Any] = {"task": "color", "videos": 32, "images": 8, "frames": [8, 24], "size": 64, "fps": 4.0,
                             "format": "npy", "seed": 0}
+NEEDLE_DEFAULTS: dict[str, Any] = {"task": "needle", "samples": 200, "frames": [4, 32], "size": 64, "distractors": 2,
+                                   "turns": 1, "open": 0.0, "text": 0.0, "hops": [1], "split": "train", "seed": 0}
 
 
 def spec_of(synthetic: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(synthetic) - set(DEFAULTS))
+    task = synthetic.get("task", "color")
+    if task not in ("color", "needle"):
+        raise ConfigError(f"data.synthetic.task {task!r} is unknown (known: color, needle)")
+    defaults = NEEDLE_DEFAULTS if task == "needle" else DEFAULTS
+    unknown = sorted(set(synthetic) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown setting data.synthetic.{unknown[0]} (known: {', '.join(sorted(DEFAULTS))})")
-    spec = {**DEFAULTS, **synthetic}
-    if spec["task"] != "color":
-        raise ConfigError(f"data.synthetic.task {spec['task']!r} is unknown (known: color)")
+        raise ConfigError(f"unknown setting data.synthetic.{unknown[0]} (known: {', '.join(sorted(defaults))})")
+    spec = {**defaults, **synthetic}
+    if task == "needle":
+        lo, hi = spec["frames"]
+        if not 0 <= int(lo) <= int(hi):
+            raise ConfigError("data.synthetic.frames must be [min, max] with 0 <= min <= max")
+        return spec
     if spec["format"] not in ("npy", "mp4"):
         raise ConfigError("data.synthetic.format must be npy or mp4")
     lo, hi = (spec["frames"], spec["frames"]) if isinstance(spec["frames"], int) else spec["frames"]
@@ -73,6 +87,13 @@ def folder_for(base: Path, synthetic: dict[str, Any]) -> Path:
 
 
 def _write(folder: Path, spec: dict[str, Any]) -> None:
+    if spec["task"] == "needle":
+        from ..data.needles import write_training_set
+
+        write_training_set(folder, int(spec["samples"]), tuple(spec["frames"]), int(spec["seed"]), int(spec["size"]),
+                           tuple(spec["hops"]), spec["split"], int(spec["distractors"]), int(spec["turns"]),
+                           float(spec["open"]), float(spec["text"]))
+        return
     from PIL import Image
 
     from ..data.synthetic import write_video
