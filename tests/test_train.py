@@ -432,3 +432,41 @@ def test_deepspeed_zero2_matches_one_process(small_config, reference_run, tmp_pa
     run_cli("train", str(small_config), "--output", str(out), "--nproc", "2",
             "--set", "distributed.strategy=deepspeed", "--set", "distributed.zero_stage=2")
     np.testing.assert_allclose(losses(out), losses(reference_run), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ needle task
+
+
+def test_needle_task_trains_with_its_tokenizer_and_position_skipping(tmp_path):
+    """`task: needle` writes videos + text records; `tokenizer: needle` keeps option markers whole;
+    `use_pos_skipping` shifts positions in training only."""
+    init = {**TINY_INIT, "tokenizer": "needle", "use_pos_skipping": True, "pos_skipping_range": 64}
+    cfg = write_config(tmp_path, {"model": {"init": init}, "optim": {"max_steps": 2, "global_batch_size": 4},
+                                  "data": {"time_message": "chat", "frames_upbound": 8}})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["synthetic"] = {"task": "needle", "samples": 12, "frames": [4, 8], "turns": 2, "open": 0.5, "text": 0.3}
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    train(cfg, output=str(out))
+    assert [m["step"] for m in metrics(out)] == [1, 2] and all(np.isfinite(losses(out)))
+    records = [json.loads(line) for line in next(out.rglob("records.jsonl")).read_text().splitlines()]
+    assert any("video" in r for r in records) and any("video" not in r for r in records)
+    tokenizer = load_tokenizer(out / "final")
+    assert [tokenizer.convert_ids_to_tokens(i) for i in tokenizer("(A) red", add_special_tokens=False).input_ids][0] == "(A)"
+    from longvid.train.module import TrainingModule
+
+    module = TrainingModule(longvid.load(out / "final"))
+    module.train()
+    torch.manual_seed(0)
+    skipped = module.skipped_positions(100, "cpu")
+    steps = skipped.diff()
+    assert skipped[0] <= 64 and set(steps.tolist()) <= set(range(1, 66)) and (steps > 1).sum() <= 1
+    module.eval()
+    assert module.skipped_positions(100, "cpu") is None
+
+
+def test_chat_time_message_is_the_inference_string():
+    msg = time_message(8.0, 8)
+    words = "The video lasts for 8.00 seconds, and 8 frames are uniformly sampled from it."
+    assert with_image_first("<image>\nWhat?", msg) == f"<image>\n{words} \nWhat?"  # the official training string
+    assert with_image_first("<image>\nWhat?", msg, chat=True) == f"<image>\n{words} What?"  # as `longvid ask` asks

@@ -27,6 +27,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), 
            "purple": (150, 60, 200), "orange": (245, 135, 30), "cyan": (40, 205, 215), "pink": (245, 125, 190)}
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "bar")
 LETTERS = "ABCD"
+OPTION_MARKERS = tuple(f"({letter})" for letter in LETTERS)  # whole tokens in the tiny model's tokenizer
 CARD = (238, 236, 226)
 BORDER = (25, 25, 30)
 

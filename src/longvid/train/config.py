@@ -164,6 +164,7 @@ class StageConfig:
             (self.model.precision in ("fp32", "bf16"), "model.precision must be fp32 or bf16"),
             (self.data.sample in ("dynamic_fps1", "middle"), "data.sample must be dynamic_fps1 or middle"),
             (self.data.template in ("qwen", "plain"), "data.template must be qwen or plain"),
+            (self.data.time_message in (True, False, "chat"), "data.time_message must be true, false or chat"),
             (0 <= self.data.frames_lowbound <= self.data.frames_upbound, "need 0 <= frames_lowbound <= frames_upbound"),
             (self.data.frames_upbound >= 1, "data.frames_upbound must be at least 1"),
             (bool(self.data.files) or self.data.synthetic is not None, "data needs files or a synthetic section"),
@@ -281,7 +282,12 @@ def _coerce(tp, value: Any, where: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
+        for option in inner[:-1]:  # the first type that takes the value (bool | str: true, or "chat")
+            try:
+                return _coerce(option, value, where)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, where)
     if dataclasses.is_dataclass(tp):
         if tp is DataFile and isinstance(value, str):
             return DataFile(value)

@@ -429,12 +429,20 @@ def make_tiny(folder: Path, init: dict[str, Any]) -> None:
     kwargs = dict(init)
     seed = int(kwargs.pop("seed", 0))
     vocab = int(kwargs.pop("vocab_size", 512))
+    tokenizer = kwargs.pop("tokenizer", "generic")
+    if tokenizer not in ("generic", "needle"):
+        raise ConfigError(f"model.init.tokenizer must be generic or needle, not {tokenizer!r}")
+    corpus, added = None, None
+    if tokenizer == "needle":  # trained on the needle task's text, with the option markers as whole tokens
+        from ..data.needles import OPTION_MARKERS, corpus as needle_corpus
+
+        corpus, added = needle_corpus(), list(OPTION_MARKERS)
     try:
         cfg = tiny_videochat_flash_config(vocab, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model.init: {e}") from None
     with building(folder) as tmp:
-        make_checkpoint(tmp, cfg, seed=seed)
+        make_checkpoint(tmp, cfg, seed=seed, corpus=corpus, added=added)
 
 
 def progress(total: int, start: int, name: str, main: bool):
