@@ -98,3 +98,23 @@ def test_cli_multi_hop_embedding_level(tiny_checkpoint, tmp_path, capfd):
     assert len(record["questions"]) == 2 and record["positions"] == [0, 8, 16]
     assert record["visual_tokens"] == 16 * 16 + 3 * 64  # haystack + three needle clips of 64 tokens
     assert (tmp_path / "haystack_features.safetensors").is_file()
+
+
+def test_demo_video_hides_an_unseen_needle_and_reports_both_answers(tmp_path, capsys):
+    from longvid.data.needles import CARD
+    from longvid.demo import FPS, run
+    from longvid.video import open_video
+
+    result = run(tmp_path, minutes=1.0, seed=3)
+    printed = capsys.readouterr().out
+    assert "truth" in printed and "timings" in printed and "in words" in printed
+    # the official plan: ~1 fps, at least 64 frames
+    assert result["truth"] in "ABCD" and result["frames"] == 64 and result["words_truth"].startswith("It is ")
+    video = open_video(tmp_path / "needle_1min.mp4")
+    assert video.num_frames == 60 * FPS
+    card = video.read([result["at"] * FPS + 5])[0]  # the card is on screen for 3 s from `at`
+    before = video.read([(result["at"] - 1) * FPS])[0]
+    assert np.abs(card[4:8, 20:44].astype(int) - CARD).max() < 30  # light card background below the border
+    assert np.abs(before[4:8, 20:44].astype(int) - CARD).max() >= 30
+    video.close()
+    assert (result["shape"], result["colour"]) in combos("test")  # a pair held out of training

@@ -274,11 +274,13 @@ def _default_model_or_none() -> str | None:
 
 
 @app.command()
-def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the demo's files.")):
-    """Run the end-to-end demo on a generated video."""
+def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the demo's files."),
+         minutes: float = typer.Option(10.0, "--minutes", min=0.5, help="Length of the generated video."),
+         seed: int = typer.Option(0, "--seed", help="Which haystack, needle and moment.")):
+    """Run the end-to-end demo: a generated video with an unseen needle, asked to the bundled model."""
     from .demo import run
 
-    run(out)
+    run(out, minutes, seed)
 
 
 # Commands that live beside their subsystem register themselves on `app` when imported

@@ -303,10 +303,11 @@ def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, h
 
 
 def text_sample(rng: np.random.Generator, split: str = "train", turns: int = 1,
-                open_ratio: float = 0.0) -> tuple[str, list[NeedleQuestion]]:
-    """The cards described in words instead of shown (a cheap warm-up for answering by letter)."""
+                open_ratio: float = 0.0, others: int = 2) -> tuple[str, list[NeedleQuestion]]:
+    """The cards described in words instead of shown (a cheap warm-up for answering by letter), with up to
+    `others` more cards."""
     cards = [random_needle(rng, split)]
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, others + 1))):
         shape, colour = random_needle(rng, split).shape, random_needle(rng, split).colour
         if all(shape != c.shape and colour != c.colour for c in cards):
             cards.append(Needle(shape, colour))
@@ -332,7 +333,7 @@ def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int]
     lines = []
     for i in range(samples):
         if rng.random() < text:
-            context, questions = text_sample(rng, split, turns, open_ratio)
+            context, questions = text_sample(rng, split, turns, open_ratio, distractors)
             first, media = f"{context} ", {}
         else:
             n = int(rng.integers(frames[0], frames[1] + 1))
