@@ -111,6 +111,11 @@ def test_training_string_and_label_masks_follow_the_official_trainer(tiny_checkp
         else:
             assert lab == (t if t in specials else IGNORE_INDEX)
     assert sum(lab != IGNORE_INDEX for lab in labels[:answer_start]) >= 6
+    # labels: answers supervises only the replies and their <|im_end|>
+    ids2, labels2 = ChatEncoder(tok, "You are a helpful assistant.", labels="answers").encode(
+        [("user", text), ("assistant", "The shape is red.")])
+    assert ids2 == ids
+    assert [t for t in labels2 if t != IGNORE_INDEX] == tok("The shape is red.<|im_end|>", add_special_tokens=False).input_ids
     # images get no time message; a leading non-human turn is dropped like the official trainer
     assert with_image_first("<image>\nWhat is it?") == "<image>\nWhat is it?"
 

@@ -80,6 +80,7 @@ class DataSpec:
     frames_upbound: int = 512
     sample: str = "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments)
     template: str = "qwen"  # qwen (ChatML, stages 2-4) or plain ("<image>" + answer, the stage-1 connector init)
+    labels: str = "official"  # official (preprocess_qwen: role tokens and newlines too) or answers (replies only)
     time_message: bool | str = True  # true: the official training string; "chat": as `longvid ask` builds it; false
     system: str = DEFAULT_SYSTEM
     max_length: int | None = None  # default: the model's tokenizer_model_max_length
@@ -164,6 +165,7 @@ class StageConfig:
             (self.model.precision in ("fp32", "bf16"), "model.precision must be fp32 or bf16"),
             (self.data.sample in ("dynamic_fps1", "middle"), "data.sample must be dynamic_fps1 or middle"),
             (self.data.template in ("qwen", "plain"), "data.template must be qwen or plain"),
+            (self.data.labels in ("official", "answers"), "data.labels must be official or answers"),
             (self.data.time_message in (True, False, "chat"), "data.time_message must be true, false or chat"),
             (0 <= self.data.frames_lowbound <= self.data.frames_upbound, "need 0 <= frames_lowbound <= frames_upbound"),
             (self.data.frames_upbound >= 1, "data.frames_upbound must be at least 1"),

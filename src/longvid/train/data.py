@@ -176,10 +176,11 @@ class ChatEncoder:
     """Token ids and labels of a conversation, masked as the official `preprocess_qwen` does (ChatML),
     or as `preprocess_plain` does (template "plain": "<image>" + answer + "\\n", only the answer learned)."""
 
-    def __init__(self, tokenizer, system: str, template: str = "qwen"):
+    def __init__(self, tokenizer, system: str, template: str = "qwen", labels: str = "official"):
         self.tokenizer = tokenizer
         self.system = system
         self.template = template
+        self.labels = labels  # official, or answers: only what the assistant says (+ its <|im_end|>)
         ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")]
         newline = tokenizer("\n", add_special_tokens=False).input_ids
         if any(not isinstance(i, int) or i < 0 for i in ids) or len(newline) != 1:
@@ -199,7 +200,15 @@ class ChatEncoder:
         for role, text in [("system", self.system), *turns]:
             piece = tokenize_with_image(self.tokenizer, f"<|im_start|>{role}\n{text}<|im_end|>\n")
             ids += piece
-            labels += piece if role == "assistant" else [IGNORE_INDEX] * len(piece)
+            if role != "assistant":
+                labels += [IGNORE_INDEX] * len(piece)
+            elif self.labels == "answers":  # header "<|im_start|>assistant\n" and the final "\n" not learned
+                header = len(tokenize_with_image(self.tokenizer, "<|im_start|>assistant\n"))
+                labels += [IGNORE_INDEX] * header + piece[header:-1] + [IGNORE_INDEX]
+            else:
+                labels += piece
+        if self.labels == "answers":
+            return ids, labels
         labels = [i if i in self.always_supervised else lab for i, lab in zip(ids, labels)]
         return ids, labels
 
@@ -234,7 +243,7 @@ class TrainDataset:
         self.spec = spec
         self.layout = layout
         self.max_length = max_length
-        self.encoder = ChatEncoder(tokenizer, spec.system, spec.template)
+        self.encoder = ChatEncoder(tokenizer, spec.system, spec.template, spec.labels)
         self.processor = SquashProcessor(layout.image_size)
         for rec in records:
             self.encoder.check(rec)
