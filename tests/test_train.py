@@ -188,6 +188,22 @@ def test_batches_mix_images_and_videos_with_right_padding(tiny_checkpoint, tmp_p
     assert all(s.pixels.shape[0] in (4, 8) for s in videos)
 
 
+def test_sample_all_keeps_every_frame_of_presampled_videos(tiny_checkpoint, tmp_path):
+    frames = np.zeros((7, 32, 32, 3), np.uint8)
+    frames[4] = 255  # a needle the official sampler drops: 7 s at 1 fps -> frames 0, 1, 3, 5
+    np.save(tmp_path / "v.npy", frames)
+    (tmp_path / "r.jsonl").write_text(json.dumps({"video": "v.npy", "fps": 1, "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "White."}]}) + "\n")
+    records = read_records(tmp_path / "r.jsonl", tmp_path)
+    layout = VisualLayout(image_size=32, frames_per_clip=4)
+    pixels = {}
+    for sample in ("dynamic_fps1", "all"):
+        ds = TrainDataset(records, load_tokenizer(tiny_checkpoint), DataSpec(sample=sample), layout, max_length=4096)
+        pixels[sample] = ds.load(0).pixels
+    assert pixels["dynamic_fps1"].shape[0] == 4 and not (pixels["dynamic_fps1"] > 2).any()  # needle lost
+    assert pixels["all"].shape[0] == 8 and int((pixels["all"].flatten(1) > 2).all(1).sum()) == 1  # kept, padded
+
+
 # ------------------------------------------------------------------------------------------ runs in-process
 
 
@@ -475,3 +491,14 @@ def test_chat_time_message_is_the_inference_string():
     words = "The video lasts for 8.00 seconds, and 8 frames are uniformly sampled from it."
     assert with_image_first("<image>\nWhat?", msg) == f"<image>\n{words} \nWhat?"  # the official training string
     assert with_image_first("<image>\nWhat?", msg, chat=True) == f"<image>\n{words} What?"  # as `longvid ask` asks
+
+
+def test_needle_recipe_is_a_valid_short_to_long_curriculum():
+    stages = load_config(REPO / "examples/train/needle.yaml")
+    assert [s.name for s in stages] == ["text", "read", "short", "long"]
+    assert stages[0].model.init["tokenizer"] == "needle" and stages[0].data.labels == "answers"
+    assert all(s.data.time_message == "chat" for s in stages)
+    bounds = [s.data.synthetic["frames"] for s in stages]
+    assert bounds[0] == [0, 0] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
+    assert [b[1] for b in bounds] == sorted(b[1] for b in bounds)  # short to long
+    assert stages[-1].model.set == {"use_pos_skipping": True}

@@ -78,7 +78,7 @@ class DataSpec:
     synthetic: dict[str, Any] | None = None  # generated toy data, see longvid.train.toy
     frames_lowbound: int = 0
     frames_upbound: int = 512
-    sample: str = "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments)
+    sample: str = "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments); all
     template: str = "qwen"  # qwen (ChatML, stages 2-4) or plain ("<image>" + answer, the stage-1 connector init)
     labels: str = "official"  # official (preprocess_qwen: role tokens and newlines too) or answers (replies only)
     time_message: bool | str = True  # true: the official training string; "chat": as `longvid ask` builds it; false
@@ -163,7 +163,7 @@ class StageConfig:
             raise ConfigError(f"stage {self.name}: give model.path (a checkpoint folder) or model.init")
         checks = [
             (self.model.precision in ("fp32", "bf16"), "model.precision must be fp32 or bf16"),
-            (self.data.sample in ("dynamic_fps1", "middle"), "data.sample must be dynamic_fps1 or middle"),
+            (self.data.sample in ("dynamic_fps1", "middle", "all"), "data.sample must be dynamic_fps1, middle or all"),
             (self.data.template in ("qwen", "plain"), "data.template must be qwen or plain"),
             (self.data.labels in ("official", "answers"), "data.labels must be official or answers"),
             (self.data.time_message in (True, False, "chat"), "data.time_message must be true, false or chat"),

@@ -291,6 +291,8 @@ class TrainDataset:
             k = self.layout.frames_per_clip
             if self.spec.sample == "middle":
                 plan = uniform_plan(count, video.fps, self.spec.frames_upbound, first)
+            elif self.spec.sample == "all":  # every frame of pre-sampled videos (uniform beyond the bound)
+                plan = uniform_plan(count, video.fps, min(count, self.spec.frames_upbound), first)
             else:
                 plan = videochat_flash_plan(count, video.fps, self.spec.frames_upbound, self.spec.frames_lowbound,
                                             multiple=k, first_index=first)
