@@ -495,10 +495,10 @@ def test_chat_time_message_is_the_inference_string():
 
 def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     stages = load_config(REPO / "examples/train/needle.yaml")
-    assert [s.name for s in stages] == ["text", "read", "short", "long"]
+    assert [s.name for s in stages] == ["read", "bind", "short", "long"]
     assert stages[0].model.init["tokenizer"] == "needle" and stages[0].data.labels == "answers"
     assert all(s.data.time_message == "chat" for s in stages)
     bounds = [s.data.synthetic["frames"] for s in stages]
-    assert bounds[0] == [0, 0] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
+    assert bounds[0] == [0, 8] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
     assert [b[1] for b in bounds] == sorted(b[1] for b in bounds)  # short to long
     assert stages[-1].model.set == {"use_pos_skipping": True}
