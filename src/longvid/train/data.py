@@ -186,6 +186,7 @@ class ChatEncoder:
         if any(not isinstance(i, int) or i < 0 for i in ids) or len(newline) != 1:
             raise InputError("the tokenizer lacks the ChatML tokens <|im_start|> / <|im_end|> or a newline token")
         self.always_supervised = {*ids, newline[0]}  # the official list [198, im_start, im_end]
+        self.assistant_header = len(tokenize_with_image(tokenizer, "<|im_start|>assistant\n"))
 
     def check(self, rec: Record) -> None:
         if self.template == "plain" and (rec.kind == "text" or len(rec.turns) != 2):
@@ -203,7 +204,7 @@ class ChatEncoder:
             if role != "assistant":
                 labels += [IGNORE_INDEX] * len(piece)
             elif self.labels == "answers":  # header "<|im_start|>assistant\n" and the final "\n" not learned
-                header = len(tokenize_with_image(self.tokenizer, "<|im_start|>assistant\n"))
+                header = self.assistant_header
                 labels += [IGNORE_INDEX] * header + piece[header:-1] + [IGNORE_INDEX]
             else:
                 labels += piece
