@@ -71,6 +71,9 @@ def test_grid_resume_and_outputs(tiny_model, tmp_path):
     finally:
         harness.run_trial = original
     assert calls == [json.loads(lines[3])["key"]] and again["trials"] == 4
+    # the redone trial is its own line, not glued onto the cut one
+    redone = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in redone] == [json.loads(line)["key"] for line in lines]
     with pytest.raises(Exception, match="other settings"):
         run_niah(tiny_model, NiahSettings(frames=[12], depths=[0.0], trials=1, seed=6, size=32), tmp_path)
 
@@ -118,3 +121,19 @@ def test_demo_video_hides_an_unseen_needle_and_reports_both_answers(tmp_path, ca
     assert np.abs(before[4:8, 20:44].astype(int) - CARD).max() >= 30
     video.close()
     assert (result["shape"], result["colour"]) in combos("test")  # a pair held out of training
+
+
+def test_trial_log_repairs_a_cut_tail(tmp_path):
+    from longvid.niah.records import RecordWriter, read_records
+
+    path = tmp_path / "t.jsonl"
+    with RecordWriter(path) as log:
+        log.append({"key": "a"})
+        log.append({"key": "b"})
+    path.write_bytes(path.read_bytes() + b'{"key": "c", "acc')  # killed mid-write
+    assert [r["key"] for r in read_records(path)] == ["a", "b"]
+    assert path.read_bytes().endswith(b"}\n")  # the cut tail is gone from the file
+    path.write_bytes(path.read_bytes() + b'{"key": "c"')
+    with RecordWriter(path) as log:
+        log.append({"key": "c"})
+    assert [r["key"] for r in read_records(path)] == ["a", "b", "c"]

@@ -21,7 +21,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from ..models.base import VideoLLM, VisualTokens
 from ..video import SamplingPlan, Video, VideoInfo, fps_plan, open_video
 from ..video.reader import ArrayVideo
 from .placement import multi_hop_positions, single_hop_position
+from .records import RecordWriter, read_records
 
 
 @dataclass
@@ -281,17 +281,16 @@ def run_niah(model: VideoLLM, s: NiahSettings, out: str | Path, progress: bool =
     if settings_path.is_file() and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
         raise ConfigError(f"{out} holds a run with other settings; choose another --out")
     settings_path.write_text(json.dumps(settings, indent=2))
-    done = {r["key"]: r for r in _read_trials(trials_path)}
+    done = {r["key"]: r for r in read_records(trials_path) if "key" in r}
     todo = [g for g in grid(s) if f"{g[0]}|{g[1]}|{g[2]}" not in done]
     hay = Haystack(s)
     encoder = NeedleEncoder(model, hay, out, getattr(model.config, "frames_per_clip", 4), progress) \
         if s.level == "embedding" else None
-    with trials_path.open("a") as f, tqdm(total=len(grid(s)), initial=len(grid(s)) - len(todo), desc="niah",
+    with RecordWriter(trials_path) as f, tqdm(total=len(grid(s)), initial=len(grid(s)) - len(todo), desc="niah",
                                           unit="trial", disable=not progress) as bar:
         for frames, depth, index in todo:
             record = run_trial(model, s, hay, make_trial(s, frames, depth, index), encoder)
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+            f.append(record)
             done[record["key"]] = record
             bar.set_postfix(acc=f"{np.mean([r['accuracy'] for r in done.values()]):.2f}")
             bar.update(1)
@@ -301,16 +300,6 @@ def run_niah(model: VideoLLM, s: NiahSettings, out: str | Path, progress: bool =
 
     plot_summary(summary, out / "heatmap.png")
     return summary
-
-
-def _read_trials(path: Path) -> Iterator[dict]:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption: that trial runs again
-            continue
 
 
 def summarize(records: list[dict], settings: dict) -> dict:
