@@ -166,6 +166,12 @@ def test_split_utf8_and_leading_whitespace():
     ("172.16.0.1", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
     ("0.0.0.0", False), ("224.0.0.1", False), ("240.0.0.1", False), ("::1", False), ("fe80::1", False),
     ("fc00::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
+    # IPv6 forms that tunnel to IPv4 are judged by the IPv4 address inside: 6to4, Teredo, NAT64
+    ("2002:7f00:1::", False), ("2002:a00:1::1", False), ("2002:808:808::1", True),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo, client 127.0.0.1
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo, server 65.54.227.120, client 8.8.8.8
+    ("64:ff9b::7f00:1", False), ("64:ff9b::a9fe:a9fe", False), ("64:ff9b::808:808", True),
+    ("64:ff9b:1::a00:1", False),
 ])
 def test_public_address(address, public):
     assert public_address(ipaddress.ip_address(address)) is public
@@ -246,6 +252,14 @@ class Handler(BaseHTTPRequestHandler):
             for _ in range(48):
                 self.wfile.write(b"\0" * (64 << 10))
             self.close_connection = True
+        elif self.path == "/drip":  # headers at once, then a byte every 0.3 s for 3 s
+            self.send_response(200)
+            self.send_header("Content-Length", "10")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.3)
         elif self.path == "/slow":
             time.sleep(2)
             self._send(self.video, "video/mp4")
@@ -316,6 +330,33 @@ def test_every_resolved_address_must_be_allowed(monkeypatch, tmp_path):
     monkeypatch.setattr(media_mod.socket, "getaddrinfo", fake_getaddrinfo)
     with pytest.raises(MediaRefused):
         resolver(None, tmp_path, allow_remote=True).resolve("http://mixed.example/v.mp4", "video")
+
+
+def test_port_out_of_range_and_one_overall_deadline(monkeypatch, http_server, tmp_path):
+    r = resolver(None, tmp_path, allow_remote=True, fetch_timeout=1.0)
+    with pytest.raises(InputError, match="port") as e:
+        r.resolve("http://127.0.0.1:99999/x.mp4", "video")
+    assert not isinstance(e.value, MediaRefused)
+
+    def hanging_dns(*args, **kwargs):  # a resolver that never answers must not outlive the deadline
+        time.sleep(5)
+        return []
+
+    monkeypatch.setattr(media_mod.socket, "getaddrinfo", hanging_dns)
+    started = time.monotonic()
+    with pytest.raises(MediaTimeout):
+        r.resolve("http://slow-dns.example/v.mp4", "video")
+    took = time.monotonic() - started
+    assert 0.9 < took < 1.5, took
+
+
+def test_slow_drip_ends_at_the_deadline_not_twice_it(http_server, tmp_path):
+    r = resolver(None, tmp_path, allow_remote=True, fetch_timeout=1.0, address_allowed=loopback_only)
+    started = time.monotonic()
+    with pytest.raises(MediaTimeout):
+        r.resolve(f"{http_server}/drip", "video")
+    took = time.monotonic() - started
+    assert 0.9 < took < 1.5, took
 
 
 # ------------------------------------------------------------------------------------------ admission

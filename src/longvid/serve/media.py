@@ -27,6 +27,8 @@ import os
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
@@ -60,10 +62,28 @@ class MediaTimeout(InputError):
     status = 504
 
 
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (IPv4-mapped, 6to4, Teredo, NAT64): where it really goes."""
+    found = [ip.ipv4_mapped] if ip.ipv4_mapped is not None else []
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client): both must be public
+    if any(ip in net for net in NAT64_PREFIXES):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def public_address(ip: IPAddress) -> bool:
-    """True for addresses a server may fetch from on a user's behalf (the public internet only)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for addresses a server may fetch from on a user's behalf (the public internet only).
+    IPv6 forms that tunnel to an IPv4 address are judged by that address (2002:7f00:1:: is 127.0.0.1)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner:
+            return all(public_address(v4) for v4 in inner)
     return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
                                  or ip.is_multicast or ip.is_unspecified)
 
@@ -188,11 +208,15 @@ class MediaResolver:
 
 def fetch(url: str, out: BinaryIO, policy: MediaPolicy) -> str:
     """Download `url` into `out` under the policy's address, size and time rules; the content type."""
-    deadline = time.monotonic() + policy.fetch_timeout
-    backend = _CheckedBackend(policy.address_allowed)
+    deadline = time.monotonic() + policy.fetch_timeout  # one deadline: DNS, connects, redirects, reads
+    backend = _CheckedBackend(policy.address_allowed, deadline)
     with httpcore.ConnectionPool(network_backend=backend, max_connections=1, retries=0) as pool:
         for _ in range(policy.max_redirects + 1):
             parts = urlsplit(url)
+            try:
+                parts.port  # noqa: B018 -- raises ValueError for a port out of range (http://host:99999/)
+            except ValueError:
+                raise InputError(f"{_short(url)}: the port is not a number from 0 to 65535") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise InputError(f"{_short(url)}: only http(s) URLs with a host can be fetched")
             try:
@@ -225,21 +249,64 @@ def fetch(url: str, out: BinaryIO, policy: MediaPolicy) -> str:
 
 
 class _CheckedBackend(httpcore.SyncBackend):
-    """httpcore's socket backend, connecting only to addresses the policy allows -- the checked one."""
+    """httpcore's socket backend, connecting only to addresses the policy allows -- the checked one --
+    with every DNS lookup, connect, read and write bounded by the download's one deadline."""
 
-    def __init__(self, allowed: Callable[[IPAddress], bool]):
-        self.allowed = allowed
+    def __init__(self, allowed: Callable[[IPAddress], bool], deadline: float):
+        self.allowed, self.deadline = allowed, deadline
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError):
-            raise InputError(f"cannot resolve host {host!r}") from None
+        infos = _resolve(host, port, _left(self.deadline))
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         if not addresses or not all(self.allowed(ip) for ip in addresses):
             raise MediaRefused(f"host {host!r} resolves to an address this server does not fetch from "
                                "(loopback, private, link-local or reserved)")
-        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+        stream = super().connect_tcp(str(addresses[0]), port, _left(self.deadline), local_address, socket_options)
+        return _DeadlineStream(stream, self.deadline)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every operation waits at most until the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float):
+        self.stream, self.deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, _left(self.deadline))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, _left(self.deadline))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.stream.start_tls(ssl_context, server_hostname, _left(self.deadline)),
+                               self.deadline)
+
+    def get_extra_info(self, info: str):
+        return self.stream.get_extra_info(info)
+
+
+_dns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="longvid-dns")
+
+
+def _resolve(host: str, port: int, timeout: float) -> list:
+    """getaddrinfo with a timeout (it has none of its own); a lookup that hangs is left to finish alone."""
+    lookup = _dns_pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout)
+    except FutureTimeout:
+        raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from None
+    except (socket.gaierror, UnicodeError, OSError):
+        raise InputError(f"cannot resolve host {host!r}") from None
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the download's deadline passed")
+    return left
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -259,7 +326,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def _timeouts(deadline: float) -> dict[str, float]:
-    left = max(deadline - time.monotonic(), 0.001)
+    left = _left(deadline)
     return {"connect": left, "read": left, "write": left, "pool": left}
 
 
