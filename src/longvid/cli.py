@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .errors import ConfigError, LongvidError
+from .limits import count_text_tokens
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Understand hour-long videos with multimodal LLMs.")
@@ -148,9 +149,11 @@ def ask(
         question, source = video, None
     elif question is None:
         raise ConfigError("missing QUESTION")
-    else:
+    count_text_tokens(None, [system, question], what="--system and the question")
+    if features is None:
         source, fps = open_source(video, fps, input_fps)
     m = load_model(model, sets, dtype, device)
+    count_text_tokens(m.tokenizer, [system, question], what="--system and the question")
     if features is not None:
         source = load_features(features, m)
     stream = not as_json and sys.stdout.isatty()
@@ -201,8 +204,10 @@ def chat(
     from .chat import run_chat
     from .session import FeatureCache
 
+    count_text_tokens(None, [system], what="--system")
     source, fps = open_source(video, fps, input_fps)
     m = load_model(model, sets, dtype, device)
+    count_text_tokens(m.tokenizer, [system], what="--system")
     session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
                         max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
     run_chat(session, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), show_timings=timings)

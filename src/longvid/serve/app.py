@@ -1,8 +1,10 @@
 """The FastAPI application: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
 
-A chat request goes: API key (middleware, before the body is read) -> body size cap -> validation ->
-messages to (system, history, question, media) -> a slot in `Admission` (or 429) -> media fetched on a
-thread pool -> a job on the model thread -> JSON, or server-sent events as tokens come. Every wait is
+A chat request goes: API key (middleware, before the body is read) -> body size cap -> a slot in
+`Admission` (or 429; still before the body is read, so waiting requests hold no bodies) -> validation
+(at most `MAX_MESSAGES` messages) -> messages to (system, history, question, media) -> text token caps
+(per request 400, over all requests in progress 429) -> media fetched on a thread pool -> a job on the
+model thread -> JSON, or server-sent events as tokens come. Every wait is
 raced against the client disconnecting and against the request's deadline: a client that leaves
 cancels its job, a deadline answers 504 (or ends the stream with an error event), and in both cases
 the model thread stops at the next token and takes the next request.
@@ -34,7 +36,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import BudgetError, LongvidError
+from ..errors import BudgetError, InputError, LongvidError
+from ..limits import MAX_TEXT_TOKENS, count_text_tokens
 from ..models.base import VideoLLM
 from ..session import FeatureCache
 from .engine import ChatOutcome, ChatTask, run_chat
@@ -42,7 +45,7 @@ from .media import MediaPolicy, MediaResolver
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Dialogue, ErrorDetail, ErrorResponse, LongvidInfo, ModelCard, ModelList,
                       PromptTokensDetails, Usage)
-from .worker import Admission, DeadlineExceeded, JobControl, ModelWorker, QueueFull
+from .worker import Admission, DeadlineExceeded, JobControl, ModelWorker, QueueFull, Slot
 
 log = logging.getLogger("longvid.serve")
 
@@ -62,6 +65,12 @@ class ServerSettings:
     frame_limit: int = 1024  # most frames one request may sample
     cache_dir: Path | None = None
     cache_items: int = 8  # encoded videos kept in memory (FeatureCache's default)
+    max_text_tokens: int = MAX_TEXT_TOKENS  # system + history + question of one request
+    max_text_tokens_total: int | None = None  # over all requests in progress and waiting (None: 4 requests' worth)
+
+    @property
+    def text_tokens_total(self) -> int:
+        return self.max_text_tokens_total or 4 * self.max_text_tokens
 
     @property
     def max_body_bytes(self) -> int:
@@ -92,17 +101,27 @@ class ServerState:
     def __init__(self, model: VideoLLM, settings: ServerSettings):
         self.model, self.settings = model, settings
         self.cache = FeatureCache(settings.cache_dir, max_items=settings.cache_items)
-        self.worker = ModelWorker()
-        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.worker = ModelWorker(model.model)
+        self.admission = Admission(settings.max_concurrency, settings.max_queue, settings.text_tokens_total)
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="longvid-serve-"))
         self.media = MediaResolver(settings.media, self.tmp_dir)
         self.created = int(time.time())
 
+    def count_text(self, dialogue: Dialogue, slot: Slot) -> None:
+        """Refuse too much text before any work: 400 over the per-request cap, 429 over the server's."""
+        texts = [dialogue.system, *(t for turn in dialogue.history for t in turn), dialogue.question]
+        try:
+            tokens = count_text_tokens(self.model.tokenizer, texts, self.settings.max_text_tokens,
+                                       "the conversation's text")
+        except InputError as e:
+            raise APIError(400, str(e), "text_too_long", "messages") from None
+        slot.reserve_text(tokens)
+
     async def start_job(self, dialogue: Dialogue, request: ChatCompletionRequest, control: JobControl,
-                        emit: Callable[[str], None] | None = None) -> asyncio.Future[ChatOutcome]:
-        """Take a slot, fetch the media, queue the job; the slot and temp files go when the job does."""
+                        slot: Slot, emit: Callable[[str], None] | None = None) -> asyncio.Future[ChatOutcome]:
+        """Fetch the media and queue the job; the slot and temp files go when the job does."""
         loop = asyncio.get_running_loop()
-        slot = await self.admission.acquire()
+        slot.claimed = True
         fetching = loop.run_in_executor(None, self.media.resolve, dialogue.media.url, dialogue.media.kind)
         try:
             media = await asyncio.shield(fetching)
@@ -309,6 +328,35 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
+class AdmitFirst:
+    """Takes the request's `Admission` slot before its body is read: a full server answers 429 without
+    reading it, and requests waiting for a slot hold no bodies. The slot goes to the handler through
+    the scope; if the handler does not hand it on to a job (a refusal), it is released here."""
+
+    PATHS = ("/v1/chat/completions",)
+
+    def __init__(self, app: ASGIApp, state: "ServerState"):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.PATHS:
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        try:
+            slot = await asyncio.wait_for(self.state.admission.acquire(), self.state.settings.timeout)
+        except QueueFull as e:
+            return await error_response(429, str(e), "queue_full", headers={"Retry-After": "1"})(scope, receive, send)
+        except asyncio.TimeoutError:
+            message = f"the request did not finish within {self.state.settings.timeout:g} s"
+            return await error_response(504, message, "timeout")(scope, receive, send)
+        scope.setdefault("state", {}).update(longvid_slot=slot, longvid_started=started)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if not slot.claimed:
+                slot.release()
+
+
 class APIKeyMiddleware:
     """Requires `Authorization: Bearer KEY` on /v1 routes, before anything else is read (/health is open)."""
 
@@ -344,6 +392,7 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="longvid", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.longvid = state
     install_error_handlers(app)
+    app.add_middleware(AdmitFirst, state=state)  # innermost: after the key and the size checks
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:  # added last: runs first, so nothing is read for a request without the key
         app.add_middleware(APIKeyMiddleware, key=settings.api_key)
@@ -373,9 +422,11 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
             raise APIError(404, f"model {body.model!r} not found; this server serves {settings.model_id!r}",
                            "model_not_found", "model")
         dialogue = Dialogue.from_request(body)
-        control = JobControl(settings.timeout)
+        slot: Slot = request.scope["state"]["longvid_slot"]
+        state.count_text(dialogue, slot)
+        control = JobControl(settings.timeout, request.scope["state"]["longvid_started"])
         if not body.stream:
-            job = await guarded(request, control, state.start_job(dialogue, body, control))
+            job = await guarded(request, control, state.start_job(dialogue, body, control, slot))
             out = await guarded(request, control, job)
             completion = ChatCompletion(
                 id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=settings.model_id,
@@ -386,7 +437,7 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[str | None] = asyncio.Queue()
         emit = partial(loop.call_soon_threadsafe, events.put_nowait)
-        job = await guarded(request, control, state.start_job(dialogue, body, control, emit))
+        job = await guarded(request, control, state.start_job(dialogue, body, control, slot, emit))
         job.add_done_callback(lambda _: events.put_nowait(None))  # after every delta: same thread order
         first = await guarded(request, control, events.get())
         if first is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 
 from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, SetOpt, app, load_model
 from ..errors import ConfigError
+from ..limits import MAX_TEXT_TOKENS
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -38,6 +40,8 @@ def serve(
     frame_limit: int = typer.Option(1024, "--frame-limit", help="Most frames one request may sample."),
     cache_dir: Optional[Path] = CacheDirOpt,
     cache_items: int = typer.Option(8, "--cache-items", help="Encoded videos kept in memory."),
+    max_text_tokens: int = typer.Option(MAX_TEXT_TOKENS, "--max-text-tokens",
+                                        help="Most text tokens (system + history + question) in one request."),
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -51,17 +55,39 @@ def serve(
     from .app import ServerSettings, create_app
     from .media import MediaPolicy
 
-    if max_concurrency < 1 or max_queue < 0 or timeout <= 0 or frame_limit < 1 or max_media_mb <= 0:
-        raise ConfigError("--max-concurrency, --timeout, --frame-limit and --max-media-mb must be positive, "
-                          "--max-queue at least 0")
+    if max_concurrency < 1 or max_queue < 0 or not 0 < timeout < 1e9 or frame_limit < 1 or max_text_tokens < 1 \
+            or not 0 < max_media_mb < 1e6 or not 0 < fetch_timeout < 1e9 or cache_items < 0:
+        raise ConfigError("--max-concurrency, --timeout, --fetch-timeout, --frame-limit, --max-text-tokens and "
+                          "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0")
     policy = MediaPolicy(media_root, allow_remote_media, int(max_media_mb * (1 << 20)), fetch_timeout)
     m = load_model(model, sets, dtype, device)
     settings = ServerSettings(served_model_name or model or m.name, api_key, policy, max_concurrency, max_queue,
-                              timeout, frame_limit, cache_dir, cache_items)
+                              timeout, frame_limit, cache_dir, cache_items, max_text_tokens)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if host not in LOOPBACK and not api_key:
         print(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model",
               file=sys.stderr)
     print(f"longvid: serving {settings.model_id!r} at http://{host}:{port}/v1 (pid {os.getpid()})", file=sys.stderr)
     uvicorn.run(create_app(m, settings), host=host, port=port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, http=json_error_protocol())
+
+
+def json_error_protocol():
+    """uvicorn's h11 protocol, answering requests it cannot parse (`Content-Length: abc`, a broken
+    request line) with OpenAI's JSON error shape instead of a plain-text 400."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JSONErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": {"message": f"malformed HTTP request ({msg.rstrip('.')})",
+                                         "type": "invalid_request_error", "code": "invalid_request",
+                                         "param": None}}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JSONErrorH11Protocol

@@ -100,10 +100,13 @@ class MediaPolicy:
     address_allowed: Callable[[IPAddress], bool] = public_address
 
     def __post_init__(self):
+        self.root_as_given: Path | None = None
         if self.root is not None:
             root = Path(self.root).expanduser()
             if not root.is_dir():
                 raise ConfigError(f"--media-root {root}: not a folder")
+            # URLs may spell the root as it was given (through a symlink) or as it really is
+            self.root_as_given = Path(os.path.normpath(root.absolute()))
             self.root = root.resolve()
 
 
@@ -155,7 +158,7 @@ class MediaResolver:
             raise InputError("file URL contains a NUL byte")
         lexical = Path(os.path.normpath(raw))
         outside = MediaRefused(f"{_short(url)}: only files under the server's media root may be read")
-        if not lexical.is_relative_to(root):
+        if not (lexical.is_relative_to(root) or lexical.is_relative_to(self.policy.root_as_given)):
             raise outside
         real = lexical.resolve()  # follows symlinks: one inside the root may point anywhere
         if not real.is_relative_to(root):

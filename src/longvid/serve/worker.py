@@ -8,9 +8,12 @@ or running on the model thread) plus `max_queue` waiting for a slot; the next on
 job has really left the model thread, so a client that disconnects cannot make room for more work
 than the thread can do.
 
-A job checks its `JobControl` between generated tokens: a client that went away or a deadline that
-passed ends the generation at the next token (and a job cancelled while still queued never starts),
-so the model thread moves on to the next request.
+A job checks its `JobControl` between generated tokens, and -- through forward pre-hooks the worker
+puts on every layer of the model's blocks (vision encoder and LLM) -- between layers while it
+decodes, encodes and prefills: a client that went away or a deadline that passed ends the job within
+one layer's work (and a job cancelled while still queued never starts), so the model thread moves on
+to the next request. Text is admitted in bounded amounts: each slot carries the request's text
+tokens, and the tokens of all requests in progress or waiting are capped together.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from collections import Counter
 from concurrent.futures import Future
 from typing import Callable, TypeVar
+
+import torch
 
 from ..errors import LongvidError
 
@@ -45,9 +50,9 @@ class DeadlineExceeded(Exception):
 class JobControl:
     """Shared by a request's handler (which cancels) and its job on the model thread (which checks)."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, started: float | None = None):
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.deadline = (time.monotonic() if started is None else started) + timeout
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -69,23 +74,36 @@ class JobControl:
 
 
 class Slot:
-    """A place among the requests in progress; release it once (more calls do nothing)."""
+    """A place among the requests in progress; release it once (more calls do nothing).
+
+    `claimed` is set by the handler that hands the slot on to a job (which releases it when it ends);
+    whoever took the slot releases it if nobody claimed it."""
 
     def __init__(self, admission: "Admission"):
         self._admission: Admission | None = admission
+        self.text_tokens = 0
+        self.claimed = False
+
+    def reserve_text(self, tokens: int) -> None:
+        """Count this request's text against the server-wide cap (QueueFull if it does not fit now)."""
+        assert self._admission is not None
+        self._admission._reserve_text(tokens)
+        self.text_tokens += tokens
 
     def release(self) -> None:
         if self._admission is not None:
-            self._admission._release()
+            self._admission._release(self.text_tokens)
             self._admission = None
 
 
 class Admission:
-    """At most `max_concurrency` requests in progress and `max_queue` waiting; event-loop side only."""
+    """At most `max_concurrency` requests in progress and `max_queue` waiting, and at most
+    `max_text_tokens` text tokens over all of them; event-loop side only."""
 
-    def __init__(self, max_concurrency: int, max_queue: int):
+    def __init__(self, max_concurrency: int, max_queue: int, max_text_tokens: int | None = None):
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
-        self.active = self.waiting = self.rejected = 0
+        self.max_text_tokens = max_text_tokens
+        self.active = self.waiting = self.rejected = self.text_tokens = 0
         self._free = asyncio.Semaphore(max_concurrency)
 
     async def acquire(self) -> Slot:
@@ -101,18 +119,27 @@ class Admission:
         self.active += 1
         return Slot(self)
 
-    def _release(self) -> None:
+    def _reserve_text(self, tokens: int) -> None:
+        if self.max_text_tokens is not None and self.text_tokens + tokens > self.max_text_tokens:
+            self.rejected += 1
+            raise QueueFull(f"the server is busy ({self.text_tokens} text tokens in progress, at most "
+                            f"{self.max_text_tokens} in all); retry later")
+        self.text_tokens += tokens
+
+    def _release(self, text_tokens: int = 0) -> None:
         self.active -= 1
+        self.text_tokens -= text_tokens
         self._free.release()
 
 
 class ModelWorker:
     """The thread every model call runs on. `submit` returns a `concurrent.futures.Future`."""
 
-    def __init__(self):
+    def __init__(self, model: torch.nn.Module | None = None):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="longvid-model", daemon=True)
         self._current: JobControl | None = None
+        self._model, self._hooks = model, []
         self.stats: Counter[str] = Counter()  # completed, cancelled, timed_out, invalid, failed
 
     @property
@@ -120,7 +147,15 @@ class ModelWorker:
         return self._current is not None
 
     def start(self) -> None:
+        if self._model is not None:
+            self._hooks = [m.register_forward_pre_hook(self._check) for m in _layers(self._model)]
         self._thread.start()
+
+    def _check(self, *_) -> None:
+        """Runs before every layer: the running job stops here once cancelled or out of time."""
+        current = self._current
+        if current is not None and threading.current_thread() is self._thread:
+            current.check()
 
     def submit(self, fn: Callable[[], T], control: JobControl) -> Future[T]:
         future: Future[T] = Future()
@@ -134,6 +169,8 @@ class ModelWorker:
             current.cancel()
         self._jobs.put(None)
         self._thread.join(timeout)
+        for hook in self._hooks:
+            hook.remove()
 
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:
@@ -167,3 +204,8 @@ class ModelWorker:
             item = self._jobs.get_nowait()
             if item is not None:
                 item[0].cancel()
+
+
+def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a model (the entries of its ModuleLists): where a long forward can stop."""
+    return [layer for m in model.modules() if isinstance(m, torch.nn.ModuleList) for layer in m]
