@@ -223,6 +223,8 @@ def test_tiny_example_runs(tmp_path, capfd):
     assert main(["train", str(REPO / "examples/train/tiny.yaml"), "--output", str(out), "--max-steps", "2",
                  "--resume"]) == 0
     assert len(metrics(out)) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nothing to resume: ") and "already finished (2 steps)" in err[0], err
 
 
 def test_missing_and_corrupt_videos_are_skipped_and_counted(tmp_path, capfd):
@@ -245,6 +247,31 @@ def test_missing_and_corrupt_videos_are_skipped_and_counted(tmp_path, capfd):
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert err.count("warning: skipped") == 4 and "missing.mp4" in err and "(bad)" in err
     assert "4 sample(s) skipped" in err
+
+
+def test_a_bug_in_our_code_fails_the_run_instead_of_skipping(tmp_path, monkeypatch):
+    from longvid.train import data as data_mod
+
+    def broken(self, *args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(data_mod.SquashProcessor, "__call__", broken)
+    cfg = write_config(tmp_path, {"optim": {"max_steps": 1}, "output": {"save_every": 0},
+                                  "data": {"num_workers": 0}})
+    with pytest.raises(ZeroDivisionError):
+        train(cfg, output=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--nproc", "0"], "--nproc must be at least 1"), (["--max-steps", "-1"], "--max-steps must be at least 1"),
+    (["--set", "trainable.llm=-0.001"], "trainable.llm must be a learning rate >= 0"),
+    (["--set", "optim.warmup_ratio=2"], "warmup_ratio must be between 0 and 1"),
+])
+def test_negative_or_zero_settings_are_refused(tmp_path, capfd, args, needle):
+    cfg = write_config(tmp_path)
+    code = main(["train", str(cfg), "--output", str(tmp_path / "run"), *args])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
 
 
 def test_malformed_record_or_config_fails_before_training(tmp_path, capfd):

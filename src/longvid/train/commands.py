@@ -32,6 +32,12 @@ def train(
     from .data import read_records
     from .engine import train as run_training
 
+    from ..errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
     overrides = parse_pairs(sets, "--set")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # a bad config or record fails here, once, with exit code 2

@@ -153,6 +153,10 @@ class StageConfig:
         bad = sorted(set(self.trainable) - set(MODULES))
         if bad:
             raise ConfigError(f"stage {self.name}: unknown trainable module {bad[0]!r} (use {', '.join(MODULES)})")
+        for module, lr in self.trainable.items():
+            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < 1e3):
+                raise ConfigError(f"stage {self.name}: trainable.{module} must be a learning rate >= 0 "
+                                  f"(or null to freeze it), got {lr!r}")
         if not any(v for v in self.trainable.values()):
             raise ConfigError(f"stage {self.name}: nothing to train (give a learning rate under trainable:)")
         if self.lora is not None and not self.lr("llm"):
@@ -175,6 +179,10 @@ class StageConfig:
              "optim.global_batch_size must be a multiple of optim.micro_batch_size"),
             (self.optim.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
             (self.optim.epochs > 0 or self.optim.max_steps, "optim.epochs must be positive"),
+            (self.optim.max_steps is None or self.optim.max_steps >= 1, "optim.max_steps (--max-steps) must be at least 1"),
+            (0 <= self.optim.warmup_ratio <= 1, "optim.warmup_ratio must be between 0 and 1"),
+            (self.optim.warmup_steps is None or self.optim.warmup_steps >= 0, "optim.warmup_steps must be at least 0"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be at least 0"),
             (self.distributed.strategy in ("ddp", "fsdp2", "deepspeed"),
              "distributed.strategy must be ddp, fsdp2 or deepspeed"),
             (self.lora is None or self.lora.r >= 1, "lora.r must be at least 1"),

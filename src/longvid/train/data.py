@@ -38,6 +38,14 @@ from ..video import open_video, uniform_plan, videochat_flash_plan
 from ..vision import SquashProcessor
 from .config import DataSpec
 
+try:  # PyAV's decode errors; most are also OSError, but not all of them
+    from av.error import FFmpegError as _FFmpegError
+except ImportError:  # pragma: no cover
+    _FFmpegError = OSError
+# What a missing, unreadable or corrupt media file raises: skipped and counted. Anything else is a bug
+# (in our code or the config) and fails the run instead of turning every step into a skipped sample.
+MEDIA_ERRORS = (InputError, OSError, EOFError, _FFmpegError)
+
 IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -277,7 +285,7 @@ class TrainDataset:
                     video.close()
                 num_visual = self.layout.tokens_per_image
                 turns = [(r, with_image_first(t)) for r, t in turns]
-        except Exception as e:  # a bad media file must never stop a long run: skip it
+        except MEDIA_ERRORS as e:  # a bad media file must never stop a long run: skip it (a bug of ours does)
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             return f"{rec.where} ({rec.id}): {reason}"
         ids, labels = self.encoder.encode(turns)

@@ -82,6 +82,11 @@ def _run(stages: list[StageConfig], resume: bool, keep_module: bool) -> list[Sta
     results: list[StageResult] = []
     global_step = 0
     previous: Path | None = None
+    finals = [(run_dir if len(stages) == 1 else run_dir / s.name) / "final" / FINAL_STATE for s in stages]
+    if resume and all(f.is_file() for f in finals):
+        steps = json.loads(finals[-1].read_text()).get("global_step", "?")
+        say(f"nothing to resume: the run in {run_dir} already finished ({steps} steps); --max-steps counts a "
+            f"stage's total steps and does not extend a finished stage (train from {finals[-1].parent} instead)")
     for index, stage in enumerate(stages):
         stage_dir = run_dir if len(stages) == 1 else run_dir / stage.name
         done = stage_dir / "final" / FINAL_STATE
