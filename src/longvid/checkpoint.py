@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -19,33 +20,81 @@ from .errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+QUANTIZED = {torch.int8, torch.uint8, getattr(torch, "float8_e4m3fn", torch.int8), getattr(torch, "float8_e5m2", torch.int8)}
 
 
-def resolve(path_or_id: str | os.PathLike) -> Path:
-    """A local checkpoint folder, downloading `owner/name` from the Hugging Face hub if needed."""
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)*")
+# What a checkpoint folder on the hub may contribute: config, tokenizer and safetensors weights. Never
+# zips, pickles (*.bin, *.pth, *.pt, rng states) or training leftovers, which releases keep beside them.
+HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+             WEIGHTS_INDEX, "*.safetensors"]
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None, str | None]:
+    """`owner/name[/sub/folder][@revision]` -> (repo id, subfolder or None, revision or None)."""
+    text, at, revision = text.partition("@")
+    if not HUB_ID.fullmatch(text) or (at and not revision):
+        raise CheckpointError(f"model not found: {text + at + revision} (expected a checkpoint folder or a hub id "
+                              "like owner/name, owner/name/subfolder or owner/name@revision)")
+    owner, name, *sub = text.split("/")
+    if any(part in (".", "..") for part in sub):
+        raise CheckpointError(f"{text}: a hub subfolder may not contain . or ..")
+    return f"{owner}/{name}", "/".join(sub) or None, revision or None
+
+
+def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint folder, downloading a hub id (`owner/name`, `owner/name/subfolder`, an optional
+    `@revision` or `revision`) from the Hugging Face hub if needed: only the folder's config, tokenizer
+    and safetensors files."""
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} is not a checkpoint folder (no config.json)")
         return path
     text = str(path_or_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") < 1:
         raise CheckpointError(f"model not found: {text} (expected a checkpoint folder or a hub id like owner/name)")
+    repo, sub, at_revision = parse_hub_id(text)
+    revision = revision or at_revision
+    prefix = f"{sub}/" if sub else ""
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-    except Exception as e:  # offline, unknown repo, auth: all one line for the user
+        local = snapshot_download(repo, revision=revision, allow_patterns=[prefix + f for f in HUB_FILES],
+                                  ignore_patterns=[prefix + "*/*"])  # nothing from deeper folders
+    except Exception as e:  # offline, unknown repo or revision, auth: all one line for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"could not download {text} from the Hugging Face hub: {reason}") from None
-    return Path(local)
+    folder = Path(local) / sub if sub else Path(local)
+    if not (folder / "config.json").is_file():
+        where = f"folder {sub!r} of {repo}" if sub else repo
+        raise CheckpointError(f"the hub's {where} holds no config.json (is the checkpoint in a subfolder? "
+                              "give it as owner/name/subfolder)")
+    return folder
+
+
+# config.json keys that must be numbers (a string or list there would fail deep inside the model)
+NUMBER_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "mm_hidden_size",
+               "mm_local_num_frames", "mm_pos_num_frames", "tokenizer_model_max_length", "bos_token_id")
 
 
 def read_config(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"unreadable config.json in {folder}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"config.json in {folder} is a JSON {type(cfg).__name__}, not an object")
+    for key in NUMBER_KEYS:
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"config.json in {folder}: {key} must be a number, got {value!r}")
+    archs = cfg.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"config.json in {folder}: architectures must be a list of names, got {archs!r}")
+    return cfg
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -72,6 +121,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
+                    if tensors[key].dtype in QUANTIZED:
+                        raise CheckpointError(f"{file.name}: weight {key} is {str(tensors[key].dtype)[6:]}; "
+                                              "quantized checkpoints are not supported (use float weights)")
+        except CheckpointError:
+            raise
         except Exception as e:
             raise CheckpointError(f"unreadable weights {file.name}: {str(e).splitlines()[0] if str(e) else e}") from None
     return tensors

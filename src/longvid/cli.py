@@ -58,10 +58,11 @@ def default_model() -> str:
     return str(path)
 
 
-def load_model(model: str | None, sets: list[str] | None, dtype: str, device: str):
+def load_model(model: str | None, sets: list[str] | None, dtype: str, device: str, revision: str | None = None):
     from .models import load
 
-    return load(model or default_model(), device=device, dtype=dtype, overrides=parse_pairs(sets, "--set"))
+    return load(model or default_model(), device=device, dtype=dtype, overrides=parse_pairs(sets, "--set"),
+                revision=revision)
 
 
 class TokenPrinter:
@@ -84,7 +85,9 @@ class TokenPrinter:
 
 # ------------------------------------------------------------------------------------------ commands
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder or hub id (default: the bundled tiny model).")
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder or hub id: owner/name, owner/name/subfolder "
+                        "(default: the bundled tiny model).")
+RevisionOpt = typer.Option(None, "--revision", help="Hub branch, tag or commit of --model.")
 SetOpt = typer.Option(None, "--set", help="Override a config.json key, e.g. --set mm_llm_compress=true.")
 GenOpt = typer.Option(None, "--gen", help="Override a generation setting, e.g. --gen do_sample=false.")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 or bfloat16.")
@@ -123,6 +126,7 @@ def ask(
     video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3]."),
     question: Optional[str] = typer.Argument(None),
     model: Optional[str] = ModelOpt,
+    revision: Optional[str] = RevisionOpt,
     features: Optional[Path] = typer.Option(None, "--features", help="Encoded video from `longvid encode` "
                                             "(then the only argument is the question)."),
     max_new_tokens: Optional[int] = MaxNewOpt,
@@ -152,7 +156,7 @@ def ask(
     count_text_tokens(None, [system, question], what="--system and the question")
     if features is None:
         source, fps = open_source(video, fps, input_fps)
-    m = load_model(model, sets, dtype, device)
+    m = load_model(model, sets, dtype, device, revision)
     count_text_tokens(m.tokenizer, [system, question], what="--system and the question")
     if features is not None:
         source = load_features(features, m)
@@ -185,6 +189,7 @@ def ask(
 def chat(
     video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
     model: Optional[str] = ModelOpt,
+    revision: Optional[str] = RevisionOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     fps: Optional[float] = FpsOpt,
@@ -206,7 +211,7 @@ def chat(
 
     count_text_tokens(None, [system], what="--system")
     source, fps = open_source(video, fps, input_fps)
-    m = load_model(model, sets, dtype, device)
+    m = load_model(model, sets, dtype, device, revision)
     count_text_tokens(m.tokenizer, [system], what="--system")
     session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
                         max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
@@ -218,6 +223,7 @@ def encode(
     video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     model: Optional[str] = ModelOpt,
+    revision: Optional[str] = RevisionOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     fps: Optional[float] = FpsOpt,
     num_frames: Optional[int] = NumFramesOpt,
@@ -232,7 +238,7 @@ def encode(
     from .features import file_hash, save_features
 
     source, fps = open_source(video, fps, input_fps)
-    m = load_model(model, sets, dtype, device)
+    m = load_model(model, sets, dtype, device, revision)
     plan = m.sampling_plan(source, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
     visual = m.encode(source, plan, progress=sys.stderr.isatty())
     digest = file_hash(video) if Path(video).is_file() else None
@@ -246,6 +252,7 @@ def encode(
 def info(
     video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
     model: Optional[str] = ModelOpt,
+    revision: Optional[str] = RevisionOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     fps: Optional[float] = FpsOpt,
     num_frames: Optional[int] = NumFramesOpt,
@@ -263,7 +270,8 @@ def info(
     source, fps = open_source(video, fps, input_fps)
     m = None
     if model is not None or _default_model_or_none():
-        m = load(model or default_model(), dtype=dtype, overrides=parse_pairs(sets, "--set"), weights=False)
+        m = load(model or default_model(), dtype=dtype, overrides=parse_pairs(sets, "--set"), weights=False,
+                 revision=revision)
     report = video_report(source, m, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
     if as_json:
         print(json.dumps(report.to_dict()))

@@ -72,7 +72,11 @@ def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def build(cfg: dict[str, Any]):
     """(family, config, randomly initialised module) for a config dict."""
     fam = family_of(cfg)
-    config = fam.config.from_dict(cfg)
+    try:
+        config = fam.config.from_dict(cfg)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a value of the wrong type or shape
+        raise ConfigError(f"config.json does not describe a valid {fam.name} model: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else e}") from None
     return fam, config, fam.module(config)
 
 
@@ -111,12 +115,12 @@ def release_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32",
-         overrides: dict[str, Any] | None = None, weights: bool = True) -> VideoLLM:
+         overrides: dict[str, Any] | None = None, weights: bool = True, revision: str | None = None) -> VideoLLM:
     """Load a released checkpoint (local folder or hub id) as a ready-to-ask model object.
 
     `weights=False` builds it on the meta device without reading weights: enough to plan frames and
     token / memory budgets (`longvid info`), not to run it."""
-    folder = resolve(path_or_hub_id)
+    folder = resolve(path_or_hub_id, revision)
     cfg = read_config(folder)
     cfg.update(overrides or {})
     torch_dtype = to_dtype(dtype)

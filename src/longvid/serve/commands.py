@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, SetOpt, app, load_model
+from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, app, load_model
 from ..errors import ConfigError
 from ..limits import MAX_TEXT_TOKENS
 
@@ -20,6 +20,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @app.command()
 def serve(
     model: Optional[str] = ModelOpt,
+    revision: Optional[str] = RevisionOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LONGVID_API_KEY",
@@ -60,7 +61,7 @@ def serve(
         raise ConfigError("--max-concurrency, --timeout, --fetch-timeout, --frame-limit, --max-text-tokens and "
                           "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0")
     policy = MediaPolicy(media_root, allow_remote_media, int(max_media_mb * (1 << 20)), fetch_timeout)
-    m = load_model(model, sets, dtype, device)
+    m = load_model(model, sets, dtype, device, revision)
     settings = ServerSettings(served_model_name or model or m.name, api_key, policy, max_concurrency, max_queue,
                               timeout, frame_limit, cache_dir, cache_items, max_text_tokens)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
