@@ -208,6 +208,19 @@ def test_file_urls_stay_under_the_root(root):
         resolver(None).resolve(f"file://{root}/v.mp4", "video")
 
 
+def test_root_given_through_a_symlink_and_capped_image_files(root, tmp_path):
+    link = tmp_path / "link-to-root"
+    os.symlink(root, link)
+    (root / "big.png").write_bytes(png_bytes() + b"\0" * 4096)
+    r = resolver(link, max_bytes=2048)
+    assert r.resolve(f"file://{link}/v.mp4", "video").source == root / "v.mp4"  # the URL as the README shows
+    assert r.resolve(f"file://{root}/v.mp4", "video").source == root / "v.mp4"
+    with pytest.raises(MediaRefused):
+        r.resolve(f"file://{link}/escape.mp4", "video")
+    with pytest.raises(MediaTooLarge, match="image file is larger"):
+        r.resolve(f"file://{link}/big.png", "image")
+
+
 def test_data_urls(tmp_path, short_video):
     r = resolver(None, tmp_path, max_bytes=1 << 20)
     m = r.resolve("data:video/mp4;base64," + base64.b64encode(short_video.read_bytes()).decode(), "video")

@@ -42,6 +42,7 @@ from ..errors import ConfigError, InputError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_IMAGE_PIXELS = 64_000_000
+MAX_VIDEO_PIXELS = 4096 * 2304  # per frame: 4K (DCI and UHD) fits; a stream claiming 8000x8000 does not
 VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov", "video/x-matroska": ".mkv",
                   "video/matroska": ".mkv", "video/x-msvideo": ".avi", "video/avi": ".avi", "video/mpeg": ".mpg",
                   "video/ogg": ".ogv", "image/gif": ".gif"}
@@ -135,14 +136,16 @@ class MediaResolver:
         scheme = head.lower() if colon else ""
         if scheme == "file":
             path = self._local_path(url)
-            return Media(decode_image(path.read_bytes()) if kind == "image" else path)
+            if kind == "image":
+                return Media(decode_image(read_capped(path, self.policy.max_bytes)))
+            return checked_resolution(Media(path))
         if scheme == "data":
-            return self._data(url, kind)
+            return checked_resolution(self._data(url, kind))
         if scheme in ("http", "https"):
             if not self.policy.allow_remote:
                 raise MediaRefused("remote media URLs are disabled on this server (start it with "
                                    "--allow-remote-media); send a data: URL instead")
-            return self._remote(url, kind)
+            return checked_resolution(self._remote(url, kind))
         raise InputError(f"unsupported media URL {_short(url)}: use file://, data: or http(s)://")
 
     # ---------------------------------------------------------------- file://
@@ -310,6 +313,35 @@ def _left(deadline: float) -> float:
     if left <= 0:
         raise httpcore.ReadTimeout("the download's deadline passed")
     return left
+
+
+def read_capped(path: Path, limit: int) -> bytes:
+    """A file's bytes, refusing (before reading) one larger than `limit`."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise MediaTooLarge(f"the image file is larger than this server's limit of {_mib(limit)}")
+    return data
+
+
+def checked_resolution(media: Media) -> Media:
+    """Refuse a video whose frames are larger than MAX_VIDEO_PIXELS, from its header, before decoding
+    any frame (a small upload may claim 8000x8000: every decoded frame would be that large)."""
+    if isinstance(media.source, np.ndarray):
+        return media
+    import av
+
+    try:
+        with av.open(str(media.source)) as container:
+            sizes = [(s.codec_context.width, s.codec_context.height) for s in container.streams.video]
+    except Exception:  # unreadable: the video reader says why, with the usual message
+        return media
+    for width, height in sizes:
+        if width * height > MAX_VIDEO_PIXELS:
+            media.cleanup()
+            raise MediaTooLarge(f"the video's frames are {width}x{height}, more than this server's limit of "
+                                f"{MAX_VIDEO_PIXELS} pixels per frame")
+    return media
 
 
 def decode_image(data: bytes) -> np.ndarray:
