@@ -16,11 +16,20 @@ SHARED = Path(os.environ.get("LONGVID_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "parity"
 
 
+def missing_parity(path: Path) -> None:
+    """Skip a test whose parity fixture is absent -- or fail it under LONGVID_REQUIRE_PARITY=1 (CI sets it),
+    so a CI run without the fixtures cannot pass by skipping every parity test."""
+    reason = f"parity fixture {path} not found (../shared/parity is only beside a developer checkout)"
+    if os.environ.get("LONGVID_REQUIRE_PARITY") == "1":
+        pytest.fail(reason + "; LONGVID_REQUIRE_PARITY=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
 def parity_dir(name: str) -> Path:
-    """The parity fixture folder, or skip with the reason when ../shared is not beside the repo."""
+    """The parity fixture folder, or skip (fail under LONGVID_REQUIRE_PARITY=1) when ../shared is absent."""
     path = PARITY / name
     if not (path / "expected" / "expected.npz").is_file():
-        pytest.skip(f"parity fixture {path} not found (../shared/parity is only beside a developer checkout)")
+        missing_parity(path)
     return path
 
 

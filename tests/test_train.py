@@ -32,7 +32,7 @@ from longvid.train.data import (IGNORE_INDEX, ChatEncoder, GlobalBatches, TrainD
 from longvid.train.lora import base_name, is_lora_key
 from longvid.train.toy import generate
 
-from conftest import PARITY, REPO
+from conftest import PARITY, REPO, missing_parity
 
 TINY_INIT = {"vocab_size": 512, "hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 64,
              "image_size": 64, "patch": 8, "vision_dim": 32, "vision_depth": 2, "vision_heads": 4, "seed": 0}
@@ -363,7 +363,7 @@ def test_lora_trains_only_adapters_and_merges_to_the_same_logits(tmp_path, capfd
 def test_checkpoints_use_the_released_key_names(tmp_path):
     fixture = PARITY / "videochat_flash_tiny" / "checkpoint"
     if not (fixture / "model.safetensors").is_file():
-        pytest.skip(f"parity fixture {fixture} not found (../shared/parity is only beside a developer checkout)")
+        missing_parity(fixture)
     # built from the fixture's own config.json: every released key, nothing else
     cfg = write_config(tmp_path, {"model": {"init": None, "path": str(fixture)}, "data": {"frames_upbound": 4,
                                   "num_workers": 0}, "optim": {"global_batch_size": 2, "micro_batch_size": 2,
