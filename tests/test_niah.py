@@ -27,7 +27,7 @@ def test_official_placement_formulas():
 def test_synthetic_family_is_deterministic_and_splits_needles():
     a = list(haystack(30, 32, seed=3))
     b = list(haystack(30, 32, seed=3))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], list(haystack(1, 32, 4))[0])
+    assert len(a) == len(b) == 30 and all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], list(haystack(1, 32, 4))[0])
     assert len(combos("train")) + len(combos("test")) == len(SHAPES) * len(COLOURS)
     assert not set(combos("train")) & set(combos("test"))
     card = needle_card(Needle("star", "red"), 64)

@@ -67,6 +67,7 @@ def test_tower_tome_projector_per_clip(model, fx):
     with torch.no_grad():
         out = model.model.encode_clips(torch.from_numpy(E["pixel_values"]).reshape(4, 4, 3, 160, 160), trace=trace)
     close(trace["vision_tower_out"], E["vision_tower_out"])
+    assert len(trace["tome"]) == len([k for k in E.keys() if k.startswith("tome_step") and k.endswith("_unm_idx")]) > 0
     for step, decision in enumerate(trace["tome"]):
         for name in ("unm_idx", "src_idx", "dst_idx"):
             np.testing.assert_array_equal(getattr(decision, name).numpy(), E[f"tome_step{step}_{name}"])

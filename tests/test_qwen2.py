@@ -33,6 +33,7 @@ def test_plain_decoder_matches_transformers(heads, kv_heads, tie, impl):
         ref = hf(ids, output_hidden_states=True)
         out = ours(ours.embed(ids), output_hidden_states=True)
     torch.testing.assert_close(ours.logits(out.hidden), ref.logits, atol=1e-5, rtol=1e-5)
+    assert len(out.hidden_states) == len(ref.hidden_states) == 3 + 1  # embeddings + one per layer
     for a, b in zip(out.hidden_states, ref.hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

@@ -53,7 +53,7 @@ def test_encode_holds_one_batch_of_frames(tiny_model, short_video):
         tiny_model.encode(v, plan, clip_batch=2)
     finally:
         del tiny_model.pixels
-    assert peak <= 8  # 2 clips of 4 frames
+    assert 4 <= peak <= 8  # at least one clip of 4 frames was decoded, never more than 2 clips at once
 
 
 def test_features_round_trip_and_ask(tiny_model, short_video, tmp_path, capfd):

@@ -72,6 +72,7 @@ def test_sharded_checkpoint_loads_identically(fixture_b, tmp_path):
         weight_map.update({k: name for k in ks})
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     a, b = longvid.load(fixture_b), longvid.load(sharded)
+    assert len(a.model.state_dict()) == len(b.model.state_dict()) > 0
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 
@@ -86,4 +87,4 @@ def test_release_key_names_round_trip(vcf_fixture):
 def test_bfloat16_load(tiny_checkpoint):
     m = longvid.load(tiny_checkpoint, dtype="bfloat16")
     answer = m.ask(np.zeros((8, 32, 32, 3), np.uint8), "q", input_fps=1, max_new_tokens=2)
-    assert m.dtype == torch.bfloat16 and len(answer.token_ids) <= 2
+    assert m.dtype == torch.bfloat16 and 1 <= len(answer.token_ids) <= 2 and answer.prompt_tokens > 0
