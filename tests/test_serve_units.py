@@ -112,6 +112,7 @@ def test_generation_overrides():
     msgs = [{"role": "user", "content": [video()]}]
     assert request(msgs).generation() == {}
     assert request(msgs, temperature=0).generation() == {"do_sample": False}
+    assert request(msgs, temperature=1e-300).generation() == {"do_sample": False}  # would overflow the softmax
     assert request(msgs, temperature=0.7, top_p=0.9, seed=3).generation() == {
         "do_sample": True, "temperature": 0.7, "top_p": 0.9, "seed": 3}
     assert request(msgs, stop="x").stop == ["x"] and request(msgs).stop == []

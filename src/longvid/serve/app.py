@@ -422,6 +422,11 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
             raise APIError(404, f"model {body.model!r} not found; this server serves {settings.model_id!r}",
                            "model_not_found", "model")
         dialogue = Dialogue.from_request(body)
+        wanted = dialogue.media.sampling.get("num_frames")
+        if wanted is not None and wanted > settings.frame_limit:  # before any plan is built
+            raise APIError(400, f"the request samples {wanted} frames; this server allows at most "
+                           f"{settings.frame_limit} (lower nframes / fps, or set max_frames)", "invalid_request",
+                           "nframes")
         slot: Slot = request.scope["state"]["longvid_slot"]
         state.count_text(dialogue, slot)
         control = JobControl(settings.timeout, request.scope["state"]["longvid_started"])

@@ -30,6 +30,8 @@ from ..errors import InputError
 from ..limits import MAX_MESSAGES
 
 MAX_STOP_STRINGS = 16
+MAX_SECONDS = 1e7  # ~116 days: longer than any video, small enough for frame arithmetic
+SAMPLING_EPS = 1e-5  # temperatures below this are greedy (as vLLM does): 1e-300 would overflow the softmax
 
 
 def _unicode(value: str) -> str:
@@ -55,8 +57,9 @@ class SamplingKnobs(BaseModel):
     fps: float | None = Field(None, gt=0)
     num_frames: int | None = Field(None, ge=1, validation_alias=AliasChoices("nframes", "num_frames"))
     max_frames: int | None = Field(None, ge=1)
-    start: float | None = Field(None, ge=0, validation_alias=AliasChoices("video_start", "start"))
-    end: float | None = Field(None, gt=0, validation_alias=AliasChoices("video_end", "end"))
+    # seconds; bounded so that times x frame rates stay finite integers (1e308 s would overflow)
+    start: float | None = Field(None, ge=0, le=MAX_SECONDS, validation_alias=AliasChoices("video_start", "start"))
+    end: float | None = Field(None, gt=0, le=MAX_SECONDS, validation_alias=AliasChoices("video_end", "end"))
 
     @model_validator(mode="after")
     def _range(self) -> "SamplingKnobs":
@@ -213,8 +216,8 @@ class ChatCompletionRequest(BaseModel):
         gen: dict[str, Any] = {"top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
                                "repetition_penalty": self.repetition_penalty}
         if self.temperature is not None:
-            gen["do_sample"] = self.temperature > 0
-            if self.temperature > 0:
+            gen["do_sample"] = self.temperature >= SAMPLING_EPS
+            if gen["do_sample"]:
                 gen["temperature"] = self.temperature
         return {k: v for k, v in gen.items() if v is not None}
 
