@@ -447,6 +447,40 @@ def test_kill_9_then_resume_reproduces_the_losses(small_config, reference_run, t
     assert all(torch.equal(final[k], ref[k]) for k in ref)
 
 
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_match_one(small_config, reference_run, tmp_path):
+    """`accelerate launch` (as the train command's help shows) runs the same DDP training as --nproc."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "longvid", "train", str(small_config), "--output", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes" in done.stderr and [m["samples"] for m in metrics(out)] == [8] * 8
+    np.testing.assert_allclose(losses(out), losses(reference_run), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_kill_9_then_resume(small_config, reference_run, tmp_path):
+    """kill -9 of the launcher and both workers mid-run; --resume on 2 processes ends where one run does."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(longvid_cmd("train", str(small_config), "--output", str(out), "--nproc", "2"), env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = out / "checkpoints/step-00000002"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: launcher and workers
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = len(metrics(out))
+    assert 2 <= killed_at < 8
+    run_cli("train", str(small_config), "--output", str(out), "--resume", "--nproc", "2", timeout=600)
+    assert [m["step"] for m in metrics(out)] == list(range(1, 9))
+    np.testing.assert_allclose(losses(out), losses(reference_run), atol=1e-4)
+
+
 def test_official_stage_configs_run_on_a_tiny_model(tmp_path):
     """Each ready stage config, pointed at a tiny model and generated data, trains what the recipe says."""
     from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
@@ -473,8 +507,6 @@ def test_official_stage_configs_run_on_a_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None,
-                    reason="deepspeed is an optional extra (pip install longvid[deepspeed])")
 def test_deepspeed_zero2_matches_one_process(small_config, reference_run, tmp_path):
     out = tmp_path / "run"
     run_cli("train", str(small_config), "--output", str(out), "--nproc", "2",
