@@ -400,6 +400,64 @@ def test_admission_bounds_work_and_queue():
     asyncio.run(scenario())
 
 
+def test_text_tokens_are_capped_over_all_requests_in_progress():
+    async def scenario():
+        admission = Admission(max_concurrency=4, max_queue=0, max_text_tokens=100)
+        a, b = await admission.acquire(), await admission.acquire()
+        a.reserve_text(60)
+        with pytest.raises(QueueFull, match="text tokens"):
+            b.reserve_text(50)  # 110 > 100: refused (429), and b's tokens are not counted
+        b.reserve_text(40)
+        assert admission.text_tokens == 100
+        a.release()
+        assert admission.text_tokens == 40 and admission.active == 1
+        b.release()
+        assert admission.text_tokens == 0 and admission.active == 0
+
+    asyncio.run(scenario())
+
+
+def test_per_request_text_limit_counts_tokens():
+    from longvid.limits import count_text_tokens
+
+    class CharTokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(text)}
+
+    assert count_text_tokens(CharTokenizer(), ["abc", None, "de"], limit=5) == 5
+    with pytest.raises(InputError, match="6 tokens; at most 5"):
+        count_text_tokens(CharTokenizer(), ["abc", "def"], limit=5)
+    with pytest.raises(InputError, match="characters"):  # refused before tokenizing
+        count_text_tokens(None, ["x" * 41], limit=5)
+
+
+def test_a_cancelled_job_stops_inside_the_forward(tiny_model, short_video):
+    """The worker's layer hooks stop encode / prefill at the next layer, not only between tokens."""
+    from longvid.serve.worker import Cancelled, JobControl, ModelWorker, _layers
+
+    layers = _layers(tiny_model.model)
+    assert any(layer in layers for layer in tiny_model.model.llm.model.layers)
+    ran = []
+    probe = layers[len(layers) // 2].register_forward_hook(lambda *a: ran.append(1))
+    worker = ModelWorker(tiny_model.model)
+    worker.start()
+    try:
+        control = JobControl(60)
+
+        def job():
+            control.cancel()  # the client leaves while the job runs
+            return tiny_model.ask(str(short_video), "q", max_new_tokens=2)
+
+        with pytest.raises(Cancelled):
+            worker.submit(job, control).result(60)
+        assert ran == []  # stopped before reaching the middle layer
+        assert tiny_model.ask(str(short_video), "q", max_new_tokens=1).text is not None  # hooks idle off-thread
+    finally:
+        worker.stop()
+        probe.remove()
+    assert all(not layer._forward_pre_hooks for layer in layers)
+
+
 # ------------------------------------------------------------------------------------------ engine
 
 
