@@ -315,7 +315,7 @@ def test_zygote_and_plain_subprocess_agree(files, cli_results):
 
 
 def test_the_corpus_is_big_enough():
-    assert len(CLI_CASES) + len(SERVER_CASES) >= 60 and len(CLI_CASES) >= 30 and len(SERVER_CASES) >= 30
+    assert len(CLI_CASES) + len(SERVER_CASES) > 100 and len(CLI_CASES) >= 30 and len(SERVER_CASES) >= 30  # README
     assert len({c.values[0] if hasattr(c, "values") else c[0] for c in CLI_CASES}) == len(CLI_CASES)
 
 
@@ -486,3 +486,38 @@ def _length(data: bytes) -> int:
         if line.lower().startswith(b"content-length:"):
             return int(line.split(b":")[1])
     return 1 << 30
+
+
+def test_the_readme_promises_the_limits_the_code_enforces():
+    """The numbers in the README's Promises section are the code's constants and defaults."""
+    import inspect
+    import re
+
+    from longvid.limits import MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TEXT_TOKENS
+    from longvid.serve import commands
+    from longvid.serve.app import ServerSettings
+    from longvid.serve.media import MAX_IMAGE_PIXELS, MAX_VIDEO_PIXELS, MediaPolicy
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    promises = readme.split("## Promises", 1)[1].split("\n## ", 1)[0]
+    settings, policy = ServerSettings("x"), MediaPolicy()
+    defaults = {p.name: p.default.default for p in inspect.signature(commands.serve).parameters.values()
+                if hasattr(p.default, "default")}
+    said = {
+        f"At most {MAX_TEXT_TOKENS} text tokens": True,
+        f"more than {MAX_TEXT_CHARS}\n  characters": True,
+        f"at most {MAX_MESSAGES} messages": True,
+        f"{settings.text_tokens_total // settings.max_text_tokens} requests' worth": True,
+        f"`--max-media-mb` (default {defaults['max_media_mb']:g})": policy.max_bytes == 32 << 20,
+        f"at most {policy.max_redirects} redirects": True,
+        f"deadline (default {defaults['fetch_timeout']:g} s)": True,
+        f"images over {MAX_IMAGE_PIXELS} pixels": True,
+        f"`--frame-limit` frames (default {defaults['frame_limit']})": settings.frame_limit == defaults["frame_limit"],
+        f"(default {defaults['max_concurrency']}) and `--max-queue` waiting\n  (default {defaults['max_queue']})": True,
+        f"(default {defaults['timeout']:g} s)": True,
+    }
+    flat = re.sub(r"\s+", " ", promises)
+    for text, consistent in said.items():
+        assert consistent and re.sub(r"\s+", " ", text) in flat, f"README Promises should say: {text!r}"
+    w, h = re.search(r"Frames larger than (\d+)x(\d+) pixels", flat).groups()
+    assert int(w) * int(h) == MAX_VIDEO_PIXELS
