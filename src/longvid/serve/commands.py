@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, app, load_model
+from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, app, load_model  # noqa: I001
 from ..errors import ConfigError
 from ..limits import MAX_TEXT_TOKENS
 

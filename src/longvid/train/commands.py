@@ -28,11 +28,10 @@ def train(
 
     N processes: --nproc N, torchrun --nproc_per_node N -m longvid train ..., or accelerate launch --multi_gpu --num_processes N -m longvid train ...; the same config serves any process count.
     """
+    from ..errors import ConfigError
     from .config import load_config
     from .data import read_records
     from .engine import train as run_training
-
-    from ..errors import ConfigError
 
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
