@@ -83,7 +83,7 @@ def _run(stages: list[StageConfig], resume: bool, keep_module: bool) -> list[Sta
     global_step = 0
     previous: Path | None = None
     finals = [(run_dir if len(stages) == 1 else run_dir / s.name) / "final" / FINAL_STATE for s in stages]
-    if resume and all(f.is_file() for f in finals):
+    if resume and all(f.is_file() for f in finals) and dist.is_main:
         steps = json.loads(finals[-1].read_text()).get("global_step", "?")
         say(f"nothing to resume: the run in {run_dir} already finished ({steps} steps); --max-steps counts a "
             f"stage's total steps and does not extend a finished stage (train from {finals[-1].parent} instead)")
