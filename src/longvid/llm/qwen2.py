@@ -9,6 +9,11 @@ we re-implement need them inside the layer loop:
   during prefill and the right decode-time shift afterwards, with any attention backend.
 * optional `beacon_{q,k,v}_proj` (Video-XL's visual summarization tokens): rows flagged in
   `Step.beacon_mask` use them, and `Step.keep` says which rows' keys/values the cache keeps.
+
+Prefill runs in memory linear in the context, whatever the path: a plain cached prefill goes through the
+whole stack `prefill_chunk` rows at a time; inside a layer, queries that follow cached keys attend in row
+blocks sized so that no block materialises more than `ATTN_BLOCK_ELEMENTS` mask/score entries, and the MLP
+runs `prefill_chunk` rows at a time. Chunking changes the numbers only by float rounding.
 """
 
 from __future__ import annotations
@@ -21,7 +26,70 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .kv_cache import KVCache
+
+# The most mask (sdpa) or score (eager, per head) entries one attention block may materialise: 4M entries,
+# 16 MB in fp32, whatever the context length (the block's query rows shrink as the keys grow).
+ATTN_BLOCK_ELEMENTS = 1 << 22
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    # transformers' NewGELUActivation / FastGELUActivation / QuickGELUActivation, written out as they are
+    "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0)))),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+}
+ROPE_TYPES = ("linear", "dynamic", "yarn")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """`rope_scaling` (transformers <= 4.x) / `rope_parameters` (>= 5) of a config, as transformers reads it."""
+
+    type: str  # linear | dynamic | yarn
+    factor: float
+    max_position_embeddings: int  # dynamic: the trained context; yarn: the original (pre-extension) one
+    attention_factor: float | None = None  # yarn: cos/sin scale; None = derived from factor / mscale
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+
+    @classmethod
+    def from_config(cls, d: dict[str, Any]) -> "RopeScaling | None":
+        raw = d.get("rope_scaling")
+        if raw is None and isinstance(d.get("rope_parameters"), dict):
+            raw = d["rope_parameters"]
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"rope_scaling must be an object or null, got {raw!r}")
+        kind = raw.get("rope_type", raw.get("type", "default"))
+        if kind == "default":
+            return None
+        if kind not in ROPE_TYPES:
+            raise ConfigError(f"rope_scaling type {kind!r} is not supported (use one of {', '.join(ROPE_TYPES)})")
+        factor = raw.get("factor")
+        if factor is None and kind == "yarn" and raw.get("original_max_position_embeddings"):
+            factor = d.get("max_position_embeddings", 0) / raw["original_max_position_embeddings"]
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+            raise ConfigError(f"rope_scaling {kind} needs a factor >= 1, got {factor!r}")
+        max_pos = d.get("max_position_embeddings", Qwen2Config.max_position_embeddings)
+        if kind == "yarn":  # transformers prefers a top-level original_max_position_embeddings (Phi-3 style)
+            max_pos = d.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings") or max_pos
+        numbers = {k: raw[k] for k in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+                   if raw.get(k) is not None}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"rope_scaling {key} must be a number, got {value!r}")
+        return cls(kind, float(factor), int(max_pos), truncate=bool(raw.get("truncate", True)),
+                   **{k: float(v) for k, v in numbers.items()})
 
 
 @dataclass
@@ -37,8 +105,10 @@ class Qwen2Config:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
     hidden_act: str = "silu"
+    rope_scaling: RopeScaling | None = None
     beacon_param: list[str] = field(default_factory=list)  # Video-XL: which projections get beacon copies
     attn_implementation: str = "sdpa"  # "sdpa" (any torch backend, incl. flash kernels on GPU) or "eager"
+    prefill_chunk: int = 2048  # rows per prefill step / MLP block (not a config.json key; numbers barely move)
 
     @property
     def head_dim(self) -> int:
@@ -56,6 +126,15 @@ class Qwen2Config:
         kwargs["num_key_value_heads"] = d.get("num_key_value_heads") or d.get("num_attention_heads", cls.num_attention_heads)
         kwargs["rope_theta"] = float(theta)
         kwargs["beacon_param"] = list(d.get("beacon_param") or [])
+        kwargs["rope_scaling"] = RopeScaling.from_config(d)
+        if kwargs.get("hidden_act", "silu") not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act={d['hidden_act']!r} is not supported (use one of {', '.join(ACTIVATIONS)})")
+        if d.get("use_sliding_window"):
+            # transformers picks the sliding layers by max_window_layers with opposite meanings across versions
+            # (4.40 flash-attn: layers below it; >= 4.48 every backend: layers from it up) and 4.40's sdpa/eager
+            # ignore the window: no single behaviour to match, so refuse rather than guess
+            raise ConfigError("use_sliding_window=true is not supported (which layers slide depends on the "
+                              "transformers version and attention backend); set it to false, as released")
         return cls(**kwargs)
 
 
@@ -75,12 +154,59 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables for integer `positions` [n] (fp32 math, as the reference implementations)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None,
+                  seq_len: int = 0) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim / 2] and the factor cos/sin are scaled by, as transformers computes them
+    (same operation order, so the tables are equal). `seq_len` (highest position + 1) matters only to dynamic."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    if scaling is None:
+        return 1.0 / (theta ** exponents), 1.0
+    factor = scaling.factor
+    if scaling.type == "linear":  # positions divided by the factor
+        return 1.0 / (theta ** exponents) / factor, 1.0
+    if scaling.type == "dynamic":  # NTK-aware: a larger base once the sequence outgrows the trained context
+        trained = scaling.max_position_embeddings
+        seq_len = max(seq_len, trained)
+        base = theta * ((factor * seq_len / trained) - (factor - 1)) ** (head_dim / (head_dim - 2))
+        return 1.0 / (base ** exponents), 1.0
+    # yarn: interpolate low frequencies, keep high ones, ramp between; scale attention by the "mscale"
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        if scaling.mscale and scaling.mscale_all_dim:
+            attention_factor = mscale(factor, scaling.mscale) / mscale(factor, scaling.mscale_all_dim)
+        else:
+            attention_factor = mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(scaling.max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # no zero-width ramp
+    ramp = torch.clamp((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+                 scaling: RopeScaling | None = None):
+    """cos/sin tables for integer `positions` [n] (fp32 math, as the reference implementations).
+
+    Dynamic scaling sizes its base by the highest position in `positions`, as transformers does for one
+    forward call (it then keeps the largest base it has seen; here every call decides afresh)."""
+    seq_len = int(positions.max()) + 1 if scaling is not None and scaling.type == "dynamic" and len(positions) else 0
+    inv_freq, factor = rope_inv_freq(head_dim, theta, scaling, seq_len)
+    freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * factor).to(dtype), (emb.sin() * factor).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -102,20 +228,50 @@ def causal_mask(n_query: int, n_past: int, device) -> torch.Tensor | None:
     return keys[None, :] <= (n_past + torch.arange(n_query, device=device))[:, None]
 
 
-def attention(q, k, v, n_past: int, implementation: str = "sdpa") -> torch.Tensor:
-    """Causal attention of new queries q [B,H,n,d] over keys/values [B,KV,n_past+n,d]."""
-    n = q.shape[2]
+def attention(q, k, v, n_past: int, implementation: str = "sdpa", block_rows: int | None = None) -> torch.Tensor:
+    """Causal attention of new queries q [B,H,n,d] over keys/values [B,KV,n_past+n,d].
+
+    A fresh causal prefill is one `is_causal` call (the flash kernels tile it, no scores are stored). Queries
+    after cached keys need a mask, and any masked kernel materialises it (or, eager, the scores) as
+    [rows, keys]; so they attend in blocks of rows sized by `ATTN_BLOCK_ELEMENTS` (and at most `block_rows`),
+    block i seeing the keys up to its own last row, which keeps memory linear in the context."""
+    n, total = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    if n == 1:
+        return _attend(q, k, v, 0, implementation)
+    if n_past == 0 and implementation == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    per_row = total * (q.shape[1] if implementation == "eager" else 1)
+    rows = max(1, min(block_rows or n, ATTN_BLOCK_ELEMENTS // per_row))
+    if rows >= n:
+        return _attend(q, k, v, n_past, implementation)
+    out = torch.empty_like(q)
+    for start in range(0, n, rows):
+        end = min(n, start + rows)
+        keys = n_past + end
+        out[:, :, start:end] = _attend(q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], n_past + start,
+                                       implementation)
+    return out
+
+
+def _attend(q, k, v, n_past: int, implementation: str) -> torch.Tensor:
+    """One causal block: the n queries sit at positions n_past.. of the n_past + n keys."""
+    n = q.shape[2]
     if implementation == "eager":
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         mask = causal_mask(n, n_past, q.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
-    if n_past == 0 and n > 1:
+    if n == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    if n_past == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(n, n_past, q.device))
+    # additive mask in the query dtype: zeros over the past, -inf above the diagonal of the new square
+    mask = torch.zeros(n, n_past + n, dtype=q.dtype, device=q.device)
+    mask[:, n_past:].masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 @dataclass
@@ -158,7 +314,7 @@ class Attention(nn.Module):
         q = self.project(x, "q", beacon_mask).view(b, n, -1, d).transpose(1, 2)
         k = self.project(x, "k", beacon_mask).view(b, n, -1, d).transpose(1, 2)
         v = self.project(x, "v", beacon_mask).view(b, n, -1, d).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, d, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, d, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, k
 
     def forward(self, x, layer_idx: int, positions, cache: KVCache | None, step: Step) -> torch.Tensor:
@@ -167,28 +323,28 @@ class Attention(nn.Module):
         n_past = cache.length(layer_idx) if cache is not None else 0
         if cache is None:
             keys, values = k, v
-        elif step.keep is None:
+        else:  # in place after the cached rows (no copy of the cache)
             keys, values = cache.append(layer_idx, k, v)
-        else:  # attend over everything, but keep only some rows, re-rotated to compact positions
-            past_k, past_v = cache.get(layer_idx)
-            keys = k if past_k is None else torch.cat([past_k, k], dim=2)
-            values = v if past_v is None else torch.cat([past_v, v], dim=2)
+        out = attention(q, keys, values, n_past, self.cfg.attn_implementation, self.cfg.prefill_chunk)
+        if cache is not None and step.keep is not None:
+            # attended over everything; now keep only some rows, re-rotated to compact positions
+            cache.lengths[layer_idx] = n_past
             kept_pos = n_past + torch.arange(len(step.keep), device=x.device)
-            cos, sin = rope_cos_sin(kept_pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+            cos, sin = rope_cos_sin(kept_pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
             cache.append(layer_idx, apply_rope(k_raw[:, :, step.keep], cos, sin), v[:, :, step.keep])
-        out = attention(q, keys, values, n_past, self.cfg.attn_implementation)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: Qwen2Config):
         super().__init__()
+        self.act = ACTIVATIONS[cfg.hidden_act]
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -199,9 +355,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
+        self.cfg = cfg
+
     def forward(self, x, layer_idx, positions, cache=None, step: Step = Step()):
         x = x + self.self_attn(self.input_layernorm(x), layer_idx, positions, cache, step)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        chunk = self.cfg.prefill_chunk
+        if x.shape[1] <= chunk or torch.is_grad_enabled():
+            return x + self.mlp(self.post_attention_layernorm(x))
+        # rows are independent here: bound the [rows, intermediate] activations of a long prefill
+        out = torch.empty_like(x)
+        for s in range(0, x.shape[1], chunk):
+            part = x[:, s : s + chunk]
+            out[:, s : s + chunk] = part + self.mlp(self.post_attention_layernorm(part))
+        return out
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -256,6 +422,24 @@ class Qwen2ForCausalLM(nn.Module):
         train-time position skipping of VideoChat-Flash (`use_pos_skipping`); not with row dropping."""
         if positions is not None and after_layer is not None:
             raise ValueError("explicit positions cannot be combined with dropping rows between layers")
+        if self._chunkable(inputs_embeds, cache, after_layer, step, output_hidden_states, positions):
+            # chunked prefill: each chunk runs through every layer against the cache the earlier chunks left,
+            # so activations stay bounded by one chunk and only the KV cache grows with the context
+            chunk = self.config.prefill_chunk
+            parts = [self._forward(inputs_embeds[:, s : s + chunk], cache, None, step, False, None).hidden
+                     for s in range(0, inputs_embeds.shape[1], chunk)]
+            return DecoderOutput(hidden=torch.cat(parts, dim=1))
+        return self._forward(inputs_embeds, cache, after_layer, step, output_hidden_states, positions)
+
+    def _chunkable(self, x, cache, after_layer, step, output_hidden_states, positions) -> bool:
+        """Chunking equals one pass only where rows flow through the layers independently of later rows:
+        a cached, hook-free, beacon-free inference prefill (dynamic RoPE sizes its base by the whole call)."""
+        scaling = self.config.rope_scaling
+        return (cache is not None and after_layer is None and step.beacon_mask is None and step.keep is None
+                and not output_hidden_states and positions is None and x.shape[1] > self.config.prefill_chunk
+                and not torch.is_grad_enabled() and (scaling is None or scaling.type != "dynamic"))
+
+    def _forward(self, inputs_embeds, cache, after_layer, step, output_hidden_states, positions) -> DecoderOutput:
         x = inputs_embeds
         states = [] if output_hidden_states else None
         layers = self.model.layers
