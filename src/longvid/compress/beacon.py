@@ -56,6 +56,11 @@ class BeaconConfig:
                               ("beacon_sink_size", 0), ("beacon_parallel_window", 1), ("beacon_accum", True)):
             if d.get(key, released) != released:
                 raise ConfigError(f"{key}={d[key]!r} is not supported (Video-XL was released with {released!r})")
+        # beacon_attend_prev only shapes the masks of the other beacon_attn modes: under full-coverage (the only
+        # one supported) the release computes the same numbers with True or False, so either is accepted
+        attend_prev = d.get("beacon_attend_prev", True)
+        if not isinstance(attend_prev, bool):
+            raise ConfigError(f"beacon_attend_prev must be true or false, got {attend_prev!r}")
         window = d.get("beacon_window", cls.window)
         if d.get("beacon_stride", window) != window:
             raise ConfigError("beacon_stride must equal beacon_window (interleaved VSTs need whole windows)")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..llm.qwen2 import Qwen2ForCausalLM, apply_rope, repeat_kv, rope_cos_sin
+from ..llm.qwen2 import ATTN_BLOCK_ELEMENTS, Qwen2ForCausalLM, apply_rope, repeat_kv, rope_cos_sin
 from .base import Compressor
 
 TYPES = ("uniform", "attention", "uniform0_attention")
@@ -109,17 +109,36 @@ class VideoTokenDrop(Compressor):
 
 def last_token_attention(llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Head-averaged attention probabilities [n] of the last row over all rows, as layer `layer` sees them."""
+    return attention_column_means(llm, layer, hidden, positions, [hidden.shape[1] - 1])
+
+
+def attention_column_means(llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor,
+                           query_rows: list[int]) -> torch.Tensor:
+    """Attention probabilities [n] that rows `query_rows` pay every row (causal), averaged over heads and queries.
+
+    The official ranking (inference: the last prompt row; training: the row before each answer) needs only
+    these column means, so queries are taken in blocks whose [heads, rows, n] probabilities stay under
+    `ATTN_BLOCK_ELEMENTS`: memory linear in the context however many query rows there are."""
     block = llm.model.layers[layer]
     attn = block.self_attn
     d = attn.cfg.head_dim
     with torch.no_grad():
         h = block.input_layernorm(hidden.detach())
         b, n, _ = h.shape
-        q = attn.q_proj(h[:, -1:]).view(b, 1, -1, d).transpose(1, 2)
+        cos, sin = rope_cos_sin(positions, d, attn.cfg.rope_theta, h.dtype, attn.cfg.rope_scaling)
         k = attn.k_proj(h).view(b, n, -1, d).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, d, attn.cfg.rope_theta, h.dtype)
-        q = apply_rope(q, cos[-1:], sin[-1:])
-        k = repeat_kv(apply_rope(k, cos, sin), q.shape[1] // k.shape[1])
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(h.dtype)
-        return probs.mean(dim=1)[0, 0]
+        k = repeat_kv(apply_rope(k, cos, sin), attn.cfg.num_attention_heads // k.shape[1])
+        rows = torch.as_tensor(query_rows, dtype=torch.long, device=h.device)
+        step = max(1, ATTN_BLOCK_ELEMENTS // (k.shape[1] * n))
+        total = torch.zeros(n, dtype=h.dtype, device=h.device)
+        for start in range(0, len(rows), step):
+            sel = rows[start : start + step]
+            q = attn.q_proj(h[:, sel]).view(b, len(sel), -1, d).transpose(1, 2)
+            q = apply_rope(q, cos[sel], sin[sel])
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
+            future = torch.arange(n, device=h.device)[None, :] > sel[:, None]
+            if bool(future.any()):
+                scores = scores.masked_fill(future, float("-inf"))
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(h.dtype)
+            total += probs.mean(dim=1)[0].sum(dim=0)
+        return total / len(rows)
