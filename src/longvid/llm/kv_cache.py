@@ -29,6 +29,10 @@ class KVCache:
         """Ask for room for `extra_tokens` more tokens at the next growth (e.g. max_new_tokens)."""
         self._reserve = max(0, int(extra_tokens))
 
+    @property
+    def reserved(self) -> int:
+        return self._reserve
+
     def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         k, v, n = self.keys[layer], self.values[layer], self.lengths[layer]
         if k is None or n == 0:

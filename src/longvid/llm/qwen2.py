@@ -425,9 +425,13 @@ class Qwen2ForCausalLM(nn.Module):
         if self._chunkable(inputs_embeds, cache, after_layer, step, output_hidden_states, positions):
             # chunked prefill: each chunk runs through every layer against the cache the earlier chunks left,
             # so activations stay bounded by one chunk and only the KV cache grows with the context
-            chunk = self.config.prefill_chunk
-            parts = [self._forward(inputs_embeds[:, s : s + chunk], cache, None, step, False, None).hidden
-                     for s in range(0, inputs_embeds.shape[1], chunk)]
+            chunk, n, reserved = self.config.prefill_chunk, inputs_embeds.shape[1], cache.reserved
+            cache.reserve(reserved + n - chunk)  # the first growth makes room for every chunk (no re-copies)
+            try:
+                parts = [self._forward(inputs_embeds[:, s : s + chunk], cache, None, step, False, None).hidden
+                         for s in range(0, n, chunk)]
+            finally:
+                cache.reserve(reserved)
             return DecoderOutput(hidden=torch.cat(parts, dim=1))
         return self._forward(inputs_embeds, cache, after_layer, step, output_hidden_states, positions)
 
