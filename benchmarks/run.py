@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load"]
+BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt"]
 
 
 def main() -> int:

@@ -125,6 +125,8 @@ def attention_column_means(llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tens
     with torch.no_grad():
         h = block.input_layernorm(hidden.detach())
         b, n, _ = h.shape
+        if b != 1:
+            raise ValueError("attention ranking runs on one sequence at a time")
         cos, sin = rope_cos_sin(positions, d, attn.cfg.rope_theta, h.dtype, attn.cfg.rope_scaling)
         k = attn.k_proj(h).view(b, n, -1, d).transpose(1, 2)
         k = repeat_kv(apply_rope(k, cos, sin), attn.cfg.num_attention_heads // k.shape[1])

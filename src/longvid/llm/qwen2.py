@@ -354,7 +354,6 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
-
         self.cfg = cfg
 
     def forward(self, x, layer_idx, positions, cache=None, step: Step = Step()):
