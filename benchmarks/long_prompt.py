@@ -156,12 +156,14 @@ def main() -> int:
     Console(width=150).print(table)
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results["settings"] = {"model": "bundled tiny model (src/longvid/assets/tiny_model)", "frames": args.frames,
-                           "question_tokens": args.tokens, "threads": args.threads, "kill_gb": args.kill_gb,
-                           "peak_rss": "VmHWM of a fresh process per case, reset just before the prefill "
-                                       "(it includes the loaded model and the encoded video)"}
+    results["model"] = "bundled tiny model (src/longvid/assets/tiny_model)"
+    results["peak_rss"] = ("VmHWM of a fresh process per case, reset just before the prefill (so it includes the "
+                           "loaded model and the encoded video); bytes_per_token: peak growth per question token "
+                           "beyond the smallest case, to compare with kv_bytes_per_token")
     results["machine"] = machine()
-    results.setdefault("runs", {})[args.label] = {"commit": git_commit(args.src), "cases": rows}
+    settings = {"frames": args.frames, "question_tokens": args.tokens, "threads": args.threads,
+                "kill_gb": args.kill_gb, "timeout_s": args.timeout}
+    results.setdefault("runs", {})[args.label] = {"commit": git_commit(args.src), "settings": settings, "cases": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
