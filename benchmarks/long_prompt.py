@@ -105,7 +105,8 @@ def machine() -> dict:
 
 
 def git_commit(src: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
     return proc.stdout.strip() or "unknown"
 
 

@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 
 import longvid
-import longvid.llm.qwen2 as qwen2
-from longvid.compress.token_drop import TokenDropConfig, VideoTokenDrop, attention_column_means
-from longvid.llm import KVCache, Qwen2Config, Qwen2ForCausalLM
+from longvid.compress.token_drop import (
+    TokenDropConfig,
+    VideoTokenDrop,
+    attention_column_means,
+)
+from longvid.llm import KVCache, Qwen2Config, Qwen2ForCausalLM, qwen2
 from longvid.models.video_xl import make_tiny_video_xl
 
 UNCHUNKED = 10**9

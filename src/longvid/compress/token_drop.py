@@ -23,7 +23,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..llm.qwen2 import ATTN_BLOCK_ELEMENTS, Qwen2ForCausalLM, apply_rope, repeat_kv, rope_cos_sin
+from ..llm.qwen2 import (
+    ATTN_BLOCK_ELEMENTS,
+    Qwen2ForCausalLM,
+    apply_rope,
+    repeat_kv,
+    rope_cos_sin,
+)
 from .base import Compressor
 
 TYPES = ("uniform", "attention", "uniform0_attention")

@@ -82,7 +82,8 @@ class RopeScaling:
             raise ConfigError(f"rope_scaling {kind} needs a factor >= 1, got {factor!r}")
         max_pos = d.get("max_position_embeddings", Qwen2Config.max_position_embeddings)
         if kind == "yarn":  # transformers prefers a top-level original_max_position_embeddings (Phi-3 style)
-            max_pos = d.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings") or max_pos
+            original = d.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings")
+            max_pos = original or max_pos
         numbers = {k: raw[k] for k in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
                    if raw.get(k) is not None}
         for key, value in numbers.items():
