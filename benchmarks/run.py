@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                 # all
     python benchmarks/run.py chat_latency    # one
+    python benchmarks/run.py gpu_scaling     # not in the default list: it needs a CUDA device
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load"]
+BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "scaling"]  # gpu_scaling: by name, on a GPU
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from fractions import Fraction
 
 import av
@@ -226,3 +227,27 @@ def test_truncated_mpeg_ts_decodes_what_is_there(tmp_path, capfd):
     assert sum(not np.array_equal(g, r) for g, r in zip(got, reference)) == 0 and len(got) == len(reference)
     code, out, err = info_cli(cut, capfd)
     assert code == 0 and err.startswith("warning:") and "frames are usable" in err
+
+
+def test_parallel_decoding_runs_ahead_by_a_bounded_number_of_frames(coded, monkeypatch):
+    import longvid.video.reader as reader
+
+    monkeypatch.setattr(reader, "RUN_QUEUE", 2)
+    produced = 0
+    original = reader._Decoder.frames
+
+    def counting(self, indices):
+        nonlocal produced
+        for item in original(self, indices):
+            produced += 1
+            yield item
+
+    monkeypatch.setattr(reader._Decoder, "frames", counting)
+    v = open_video(coded, threads=3)
+    plan = list(range(0, 600, 2))
+    frames = v.frames(plan)
+    assert read_index(next(frames)) == 0
+    time.sleep(1.0)  # let the decoders run as far ahead as they may
+    assert 3 <= produced <= 3 * (2 + 1) + 1 < len(plan)  # 3 runs in flight, each at most its queue + one frame
+    assert [read_index(f) for f in frames] == plan[1:]
+    v.close()
