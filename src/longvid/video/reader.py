@@ -1,16 +1,18 @@
 """Frame-exact random access to videos, behind one small interface.
 
 `open_video(source)` returns a `Video` with `num_frames`, `fps`, `duration` and `frames(indices)`,
-which yields RGB uint8 [H, W, 3] arrays in the order asked, one at a time (so a long plan never
-holds more than one decoded frame). Sources: video files of any container FFmpeg reads (mp4, mkv,
+which yields RGB uint8 [H, W, 3] arrays in the order asked, one at a time (a long plan holds a few
+decoded frames per decoding thread, never the whole plan). Sources: video files of any container FFmpeg reads (mp4, mkv,
 webm, avi, mov, animated gif, ...) through PyAV, `.npy` arrays [T, H, W, 3], numpy arrays, single
 images and folders of images.
 
 The PyAV reader never trusts the container's frame count: it demuxes the packets once (cheap, no
 decoding) to learn every frame's timestamp, then serves a frame by seeking to the keyframe before it
 and decoding forward, reusing the running decoder while the next target is ahead of it and no
-keyframe jump is closer. Truncated files are cut to the frames that really decode (with a warning);
-FFmpeg's I/O is time-limited so a damaged file cannot hang the reader.
+keyframe jump is closer; frames nothing else depends on are not decoded unless asked for. The GOPs
+of a long plan are decoded in parallel on threads, one decoder each. Truncated files are cut to the
+frames that really decode (with a warning); FFmpeg's I/O is time-limited so a damaged file cannot
+hang the reader.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from ..errors import InputError
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 IO_TIMEOUT_S = 20.0  # per FFmpeg open / read call
 INDEX_TIMEOUT_S = 300.0  # demuxing a file's packets (a 3-hour file takes seconds)
-RUN_QUEUE = 8  # decoded frames a run decoded ahead of the consumer may hold (bounds memory)
+AHEAD_BYTES = 64 << 20  # decoded frames waiting for the caller, at most (about 110 frames of 448 x 448)
+RUN_QUEUE = 8  # frames of one run waiting for the caller, at most (bounds a long run)
 
 
 @dataclass
@@ -254,17 +257,18 @@ class PyAVVideo(Video):
             yield from self._frames_parallel(runs)
 
     def _frames_parallel(self, runs: list[list[int]]) -> Iterator[tuple[int, np.ndarray]]:
-        """Runs decoded by `self.threads` decoders at once; yielded in order, each run through a bounded queue."""
+        """Runs decoded by `self.threads` decoders at once, yielded in plan order.
+
+        Runs are handed out in order while the frames asked for but not yet yielded fit in
+        AHEAD_BYTES (so decoding runs ahead while the caller encodes, in bounded memory); each run's
+        frames pass through a queue of RUN_QUEUE, which bounds a long run too."""
         workers = min(self.threads, len(runs))
         while len(self._pool) < workers:
             container, stream = self._open(frame_threads=False)
             self._pool.append(_Decoder(self, container, stream))
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        for decoder in self._pool[:workers]:
-            free.put(decoder)
+        budget = max(2, AHEAD_BYTES // max(1, 3 * self.info.width * self.info.height))  # frames
+        tasks: queue.SimpleQueue = queue.SimpleQueue()
         stop = threading.Event()
-        todo = iter(runs)
-        window: deque = deque()  # (output queue, thread) of the runs in flight, in plan order
 
         def put(out: queue.Queue, item) -> bool:
             """Hand `item` to the consumer; False once it has stopped listening."""
@@ -276,43 +280,56 @@ class PyAVVideo(Video):
                     continue
             return False
 
-        def work(run: list[int], out: queue.Queue) -> None:
-            decoder = free.get()
-            try:
+        def work(decoder: _Decoder) -> None:
+            while (task := tasks.get()) is not None:
+                run, out = task
                 if stop.is_set():
-                    return
-                for item in decoder.frames(run):
-                    if not put(out, item):
-                        return
-                put(out, _DONE)
-            except BaseException as e:  # raised by the consumer, in plan order
-                decoder.reset()
-                put(out, e)
-            finally:
-                free.put(decoder)
+                    continue
+                try:
+                    for item in decoder.frames(run):
+                        if not put(out, item):
+                            break
+                    else:
+                        put(out, _DONE)
+                except BaseException as e:  # raised by the consumer, in plan order
+                    decoder.reset()
+                    put(out, e)
 
-        def launch() -> None:
-            run = next(todo, None)
-            if run is not None:
+        threads = [threading.Thread(target=work, args=(d,), daemon=True, name="longvid-decode")
+                   for d in self._pool[:workers]]
+        for thread in threads:
+            thread.start()
+        todo = iter(runs)
+        upcoming = next(todo, None)
+        window: deque = deque()  # output queues of the runs handed out, in plan order
+        ahead = 0  # frames handed out and not yet yielded
+
+        def hand_out() -> None:
+            nonlocal upcoming, ahead
+            # the oldest run is taken first (FIFO), so the head of `window` is always being decoded
+            while upcoming is not None and (not window or ahead + len(upcoming) <= budget):
                 out: queue.Queue = queue.Queue(maxsize=RUN_QUEUE)
-                thread = threading.Thread(target=work, args=(run, out), daemon=True, name="longvid-decode")
-                thread.start()
-                window.append((out, thread))
+                tasks.put((upcoming, out))
+                window.append(out)
+                ahead += len(upcoming)
+                upcoming = next(todo, None)
 
         try:
-            for _ in range(workers):
-                launch()
+            hand_out()
             while window:
-                out, thread = window[0]
-                while (item := out.get()) is not _DONE:
+                while (item := window[0].get()) is not _DONE:
                     if isinstance(item, BaseException):
                         raise item
+                    ahead -= 1
                     yield item
+                    hand_out()
                 window.popleft()
-                launch()
+                hand_out()
         finally:
             stop.set()
-            for out, thread in window:
+            for _ in threads:
+                tasks.put(None)
+            for thread in threads:
                 thread.join()
 
     def close(self) -> None:
