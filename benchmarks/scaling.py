@@ -214,8 +214,13 @@ def work_hico(video: str, ckpt: str, frames: int, compress: bool) -> dict:
             "prefill_s": end - encoded, "ttft_s": end - start, "peak_rss_mib": peak_rss_mib()}
 
 
+TORCH_THREADS: int | None = None  # --torch-threads, passed to the workers
+
+
 def run_worker(*args: str, timeout: float = 7200) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if TORCH_THREADS:
+        env["LONGVID_BENCH_TORCH_THREADS"] = str(TORCH_THREADS)
     proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
     if proc.returncode:
@@ -330,7 +335,8 @@ def markdown(res: dict) -> str:
     """The tables as markdown (README's Performance section is this text)."""
     s = res["setup"]
     lines = [f"Measured by `python benchmarks/scaling.py{' --quick' if s['quick'] else ''}` on {s['machine']} "
-             f"({s['cores']} cores{', shared with other jobs' if s.get('shared') else ''}), {s['date']}. "
+             f"({s['cores']} cores{', shared with other jobs' if s.get('shared') else ''}; torch threads: "
+             f"{s.get('torch_threads', 'default')}), {s['date']}. "
              f"Video: {s['video']}. Models: {s['models']}.", "",
              "| frames | longvid sampling s | wrong | FFmpeg CLI `-threads 0` s | wrong | longvid / FFmpeg | "
              "PyAV full decode s | wrong |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -411,8 +417,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", help="override the pipeline's frame counts")
     parser.add_argument("--readme", action="store_true", help="only rewrite README's Performance section from the JSON")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-threads", type=int, help="torch threads in the workers (default: torch's, all cores)."
+                        " On a machine shared with other jobs, 1 avoids threads waiting for each other on every op")
     args = parser.parse_args()
     if args.worker:
+        if os.environ.get("LONGVID_BENCH_TORCH_THREADS"):
+            import torch
+
+            torch.set_num_threads(int(os.environ["LONGVID_BENCH_TORCH_THREADS"]))
         kind, *rest = args.worker
         if kind == "sample":
             out = work_sample(rest[0], int(rest[1]))
@@ -427,6 +439,8 @@ def main() -> None:
         update_readme((RESULTS / "scaling.md").read_text())
         return
 
+    global TORCH_THREADS
+    TORCH_THREADS = args.torch_threads
     setup = QUICK if args.quick else FULL
     frames = args.frames or setup["frames"]
     began = time.perf_counter()
@@ -437,7 +451,8 @@ def main() -> None:
 
     res: dict = {"setup": {
         "quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " CPU",
-        "cores": len(os.sched_getaffinity(0)), "shared": args.quick,
+        "cores": len(os.sched_getaffinity(0)), "shared": args.quick, "torch_threads": args.torch_threads or "default",
+        "decode_threads": "all cores",
         "video": (f"{setup['minutes']} min, {VIDEO['size']}x{VIDEO['size']}, {VIDEO['fps']} fps, H.264 libx264 preset "
                   f"{VIDEO['preset']}, crf {VIDEO['crf']}, GOP {VIDEO['gop']}, {VIDEO['bframes']} B-frames, low motion"),
         "models": ("tiny random float32 checkpoints shaped like the parity fixtures: VideoChat-Flash hidden 64 / 4 layers "
