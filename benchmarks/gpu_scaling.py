@@ -102,7 +102,8 @@ def measure(m, video, frames: int, new_tokens: int, device: str) -> dict:
             token = int(step(token).argmax())
         sync()
         end = time.perf_counter()
-    out = {"frames": frames, "visual_tokens": int(visual.shape[0]), "prompt_tokens": len(ids) - 1 + int(visual.shape[0]),
+    n_visual = int(visual.shape[0])
+    out = {"frames": frames, "visual_tokens": n_visual, "prompt_tokens": len(ids) - 1 + n_visual,
            "encode_s": encoded - start, "prefill_s": first - encoded, "ttft_s": first - start,
            "tokens_per_s": new_tokens / (end - first)}
     if device.startswith("cuda"):

@@ -1,10 +1,10 @@
 """Frame-exact random access to videos, behind one small interface.
 
 `open_video(source)` returns a `Video` with `num_frames`, `fps`, `duration` and `frames(indices)`,
-which yields RGB uint8 [H, W, 3] arrays in the order asked, one at a time (a long plan holds a few
-decoded frames per decoding thread, never the whole plan). Sources: video files of any container FFmpeg reads (mp4, mkv,
-webm, avi, mov, animated gif, ...) through PyAV, `.npy` arrays [T, H, W, 3], numpy arrays, single
-images and folders of images.
+which yields RGB uint8 [H, W, 3] arrays in the order asked, one at a time (a long plan holds at most
+AHEAD_BYTES of decoded frames, never the whole plan). Sources: video files of any container FFmpeg
+reads (mp4, mkv, webm, avi, mov, ts, animated gif, ...) through PyAV, `.npy` arrays [T, H, W, 3], numpy
+arrays, single images and folders of images.
 
 The PyAV reader never trusts the container's frame count: it demuxes the packets once (cheap, no
 decoding) to learn every frame's timestamp, then serves a frame by seeking to the keyframe before it
@@ -135,8 +135,8 @@ class PyAVVideo(Video):
 
     Decoding uses every core: a long plan is cut into runs (the sampled frames of one GOP, decoded from
     one seek), and runs are decoded by a pool of decoders on threads (FFmpeg releases the GIL while
-    demuxing, decoding and converting), each with its own file handle; frames come back in order, with
-    at most `RUN_QUEUE` frames per run waiting. A short plan uses one decoder with FFmpeg's own threads."""
+    demuxing, decoding and converting), each with its own file handle; frames come back in order, at
+    most AHEAD_BYTES of them decoded ahead. A plan within one GOP uses one decoder with FFmpeg's threads."""
 
     def __init__(self, path: str, threads: int | None = None):
         self.source = path
