@@ -334,34 +334,66 @@ def fmt(x, spec: str = ".2f") -> str:
 def markdown(res: dict) -> str:
     """The tables as markdown (README's Performance section is this text)."""
     s = res["setup"]
+    shared = ", shared with other jobs" if s.get("shared") else ""
     lines = [f"Measured by `python benchmarks/scaling.py{' --quick' if s['quick'] else ''}` on {s['machine']} "
-             f"({s['cores']} cores{', shared with other jobs' if s.get('shared') else ''}; torch threads: "
-             f"{s.get('torch_threads', 'default')}), {s['date']}. "
-             f"Video: {s['video']}. Models: {s['models']}.", "",
-             "| frames | longvid sampling s | wrong | FFmpeg CLI `-threads 0` s | wrong | longvid / FFmpeg | "
-             "PyAV full decode s | wrong |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"({s['cores']} cores{shared}; torch threads: {s.get('torch_threads', 'default')}), {s['date']}, "
+             f"{s['wall_s'] / 60:.0f} min. Video: {s['video']}. Models: {s['models']}."]
+    if s["quick"]:
+        lines.append("\nThis is the `--quick` run (a 30-minute video, up to 1,000 frames; targets compare the smallest "
+                     "and the largest frame count). The full run (a 3-hour video, up to 10,000 frames, and every "
+                     "patch token of 256 and 1,000 frames, i.e. 200k and 784k tokens, without clip compression) "
+                     "takes hours on this machine.")
+    lines += ["", "Sampling: the same frames read by longvid's reader, by the FFmpeg command line (the whole file "
+                  "decoded on every core, a `select` filter keeping the frames) and by a plain PyAV loop; every "
+                  "frame's index is read back from its pixels.", "",
+              "| frames | longvid s | wrong | FFmpeg CLI `-threads 0` s | wrong | longvid / FFmpeg "
+              "| PyAV full decode s | wrong |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["sampling"]:
         ratio = r["longvid_s"] / r["ffmpeg_s"] if r.get("ffmpeg_s") else None
-        lines.append(f"| {r['frames']:,} | {r['longvid_s']:.1f} | {r['longvid_wrong']} | {fmt(r.get('ffmpeg_s'), '.1f')} "
-                     f"| {fmt(r.get('ffmpeg_wrong'), 'd')} | {fmt(ratio)}x | {fmt(r.get('pyav_s'), '.1f')} "
-                     f"| {fmt(r.get('pyav_wrong'), 'd')} |")
-    lines += ["", "| frames | configuration | visual tokens | decode s | encode s | prefill s | prefill s / 1k tokens "
-                  "| peak RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(f"| {r['frames']:,} | {r['longvid_s']:.1f} | {r['longvid_wrong']} "
+                     f"| {fmt(r.get('ffmpeg_s'), '.1f')} | {fmt(r.get('ffmpeg_wrong'), 'd')} | {fmt(ratio)}x "
+                     f"| {fmt(r.get('pyav_s'), '.1f')} | {fmt(r.get('pyav_wrong'), 'd')} |")
+    lines += ["", "The pipeline, each configuration in a fresh process (decode s includes resizing and normalising "
+                  "the frames):", "",
+              "| frames | configuration | visual tokens | decode s | encode s | prefill s | prefill s / 1k tokens "
+              "| peak RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in res["pipeline"]:
         if "error" in r:
             lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | failed: {r['error']} | | | | | |")
             continue
+        per_1k = r["prefill_s"] / r["visual_tokens"] * 1000
         lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | {r['visual_tokens']:,} | {r['decode_s']:.1f} "
-                     f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {r['prefill_s'] / r['visual_tokens'] * 1000:.3f} "
-                     f"| {r['peak_rss_mib']:.0f} |")
-    lines += ["", "| frames | visual tokens, ToMe / all patches | prefill s, ToMe / all patches | speed-up "
-                  "| time to first token s, ToMe / all patches |", "|---:|---:|---:|---:|---:|"]
+                     f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {per_1k:.3f} | {r['peak_rss_mib']:.0f} |")
+    lines += ["", "HiCo: the same model fed ToMe's 16 tokens per frame or every patch token (784 per frame):", "",
+              "| frames | visual tokens, ToMe / all patches | prefill s, ToMe / all patches | speed-up "
+              "| time to first token s, ToMe / all patches |", "|---:|---:|---:|---:|---:|"]
     for r in res["hico"]:
         if "speedup" in r:
-            lines.append(f"| {r['frames']:,} | {r['tome_tokens']:,} / {r['all_tokens']:,} | {r['tome_prefill_s']:.2f} / "
-                         f"{r['all_prefill_s']:.2f} | {r['speedup']:.1f}x | {r['tome_ttft_s']:.1f} / {r['all_ttft_s']:.1f} |")
-    lines += ["", "| target | this run | met |", "|---|---|---|"]
+            lines.append(f"| {r['frames']:,} | {r['tome_tokens']:,} / {r['all_tokens']:,} "
+                         f"| {r['tome_prefill_s']:.2f} / {r['all_prefill_s']:.2f} | {r['speedup']:.1f}x "
+                         f"| {r['tome_ttft_s']:.1f} / {r['all_ttft_s']:.1f} |")
+    lines += ["", "| target (issue 14) | this run | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['ok'] else 'no'} |" for t in res["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def gpu_markdown() -> str:
+    """`benchmarks/gpu_scaling.py`'s results, or a line saying they do not exist yet."""
+    path = RESULTS / "gpu_scaling.json"
+    if not path.exists():
+        return ("GPU: `python benchmarks/gpu_scaling.py` (a random-weight 7B-shaped VideoChat-Flash in bf16 at "
+                "1,000 / 5,000 / 10,000 frames: time to first token, peak GPU memory, tokens/s) has not been run "
+                "yet: no GPU was available. Its code path is checked on the CPU with `--tiny --device cpu`.\n")
+    g = json.loads(path.read_text())
+    lines = [f"GPU: `python benchmarks/gpu_scaling.py`, {g['model']}, {g['dtype']}, on {g['device']}, {g['date']}:", "",
+             "| frames | visual tokens | time to first token s | prefill s | peak GPU GiB | tokens/s |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in g["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['frames']:,} | {r['error']} | | | | |")
+        else:
+            lines.append(f"| {r['frames']:,} | {r['visual_tokens']:,} | {r['ttft_s']:.1f} | {r['prefill_s']:.1f} "
+                         f"| {r['peak_gpu_gib']:.1f} | {r['tokens_per_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -383,13 +415,18 @@ def plot(res: dict, path: Path) -> None:
         ax_m.plot(x, [r["peak_rss_mib"] for r in rows], "o-", label=label)
     samp = [r for r in res["sampling"] if r.get("ffmpeg_s")]
     if samp:
-        ax_t.plot([r["frames"] for r in samp], [r["ffmpeg_s"] for r in samp], "k:", label="FFmpeg CLI full decode")
+        x = [r["frames"] for r in samp]
+        ax_t.plot(x, [r["ffmpeg_s"] for r in samp], "k:", label="FFmpeg CLI, whole file (the floor)")
+        ax_t.plot(x, [r["longvid_s"] for r in samp], "k-.", label="longvid reader alone")
     ax_t.set(xscale="log", yscale="log", xlabel="frames sampled", ylabel="seconds",
              title="decode + encode + prefill (solid), prefill (dashed)")
     ax_m.set(xscale="log", xlabel="frames sampled", ylabel="peak RSS (MiB)", title="peak memory")
     ax_m.set_ylim(bottom=0)
+    ticks = sorted({r["frames"] for r in pipe} | {r["frames"] for r in samp})
     for ax in (ax_t, ax_m):
         ax.grid(alpha=0.3)
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks], fontsize=7)
+        ax.minorticks_off()
     ax_t.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -399,8 +436,8 @@ def update_readme(md: str) -> None:
     """Replace the README's Performance section body (up to the next `## ` heading) with `md`."""
     readme = REPO / "README.md"
     text = readme.read_text()
-    body = ("Generated from `benchmarks/results/scaling.json` by `python benchmarks/scaling.py --readme`.\n\n" + md +
-            "\n![scaling](benchmarks/results/scaling.png)\n")
+    body = ("Generated from `benchmarks/results/scaling.json` by `python benchmarks/scaling.py --readme`.\n\n" + md
+            + "\n![scaling](benchmarks/results/scaling.png)\n\n" + gpu_markdown())
     section = "## Performance\n\n" + body + "\n"
     match = re.search(r"^## Performance\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     if match is None:  # a new section, before the Layout section
@@ -415,7 +452,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="30-minute video, 128 / 512 / 1,000 frames")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench_scaling", help="cached video and models")
     parser.add_argument("--frames", type=int, nargs="+", help="override the pipeline's frame counts")
-    parser.add_argument("--readme", action="store_true", help="only rewrite README's Performance section from the JSON")
+    parser.add_argument("--readme", action="store_true",
+                        help="only re-render scaling.md / .png and README's Performance section from the JSON")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--torch-threads", type=int, help="torch threads in the workers (default: torch's, all cores)."
                         " On a machine shared with other jobs, 1 avoids threads waiting for each other on every op")
@@ -435,8 +473,11 @@ def main() -> None:
         print(json.dumps(out))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.readme:
-        update_readme((RESULTS / "scaling.md").read_text())
+    if args.readme:  # re-render the table and plot from the JSON, then the README section
+        res = json.loads((RESULTS / "scaling.json").read_text())
+        (RESULTS / "scaling.md").write_text(markdown(res))
+        plot(res, RESULTS / "scaling.png")
+        update_readme(markdown(res))
         return
 
     global TORCH_THREADS
@@ -453,11 +494,12 @@ def main() -> None:
         "quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " CPU",
         "cores": len(os.sched_getaffinity(0)), "shared": args.quick, "torch_threads": args.torch_threads or "default",
         "decode_threads": "all cores",
-        "video": (f"{setup['minutes']} min, {VIDEO['size']}x{VIDEO['size']}, {VIDEO['fps']} fps, H.264 libx264 preset "
-                  f"{VIDEO['preset']}, crf {VIDEO['crf']}, GOP {VIDEO['gop']}, {VIDEO['bframes']} B-frames, low motion"),
-        "models": ("tiny random float32 checkpoints shaped like the parity fixtures: VideoChat-Flash hidden 64 / 4 layers "
-                   "with a 448-px UMT tower (patch 16, 784 patches per frame), Video-XL hidden 64 / 4 layers with a "
-                   "112-px CLIP tower; in-LLM drop at layers [1, 2]"),
+        "video": (f"{setup['minutes']} min, {VIDEO['size']}x{VIDEO['size']}, {VIDEO['fps']} fps, H.264 libx264 "
+                  f"preset {VIDEO['preset']}, crf {VIDEO['crf']}, GOP {VIDEO['gop']}, {VIDEO['bframes']} B-frames, "
+                  "low motion"),
+        "models": ("tiny random float32 checkpoints shaped like the parity fixtures: VideoChat-Flash hidden 64 / 4 "
+                   "layers with a 448-px UMT tower (patch 16, 784 patches per frame), Video-XL hidden 64 / 4 "
+                   "layers with a 112-px CLIP tower; in-LLM drop at layers [1, 2]"),
         "pyav": av.__version__, "ffmpeg": (subprocess.run([ffmpeg, "-version"], capture_output=True, text=True)
                                            .stdout.split("\n")[0] if ffmpeg else None),
     }, "sampling": [], "pipeline": [], "hico": []}
@@ -505,7 +547,8 @@ def main() -> None:
             print(f"{n:>7,} failed: {a.get('error') or b.get('error')}", flush=True)
             continue
         row = {"frames": n, "tome_tokens": a["visual_tokens"], "all_tokens": b["visual_tokens"],
-               "tome_prefill_s": a["prefill_s"], "all_prefill_s": b["prefill_s"], "speedup": b["prefill_s"] / a["prefill_s"],
+               "tome_prefill_s": a["prefill_s"], "all_prefill_s": b["prefill_s"],
+               "speedup": b["prefill_s"] / a["prefill_s"],
                "tome_ttft_s": a["ttft_s"], "all_ttft_s": b["ttft_s"], "ttft_speedup": b["ttft_s"] / a["ttft_s"],
                "tome_peak_rss_mib": a["peak_rss_mib"], "all_peak_rss_mib": b["peak_rss_mib"]}
         res["hico"].append(row)
