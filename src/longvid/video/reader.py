@@ -23,6 +23,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections import Counter, deque
@@ -350,7 +351,9 @@ class _Decoder:
     def __init__(self, video: PyAVVideo, container, stream):
         from av.video.reformatter import VideoReformatter
 
-        self.video, self.container, self.stream = video, container, stream
+        # a weak reference: no cycle, so a dropped video closes its files at once (not at the next GC)
+        self.video = weakref.proxy(video)
+        self.container, self.stream = container, stream
         self.bad_packets = 0
         self._packets: Iterator | None = None
         self._last_pts: int | None = None
