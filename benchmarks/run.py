@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                 # all
     python benchmarks/run.py chat_latency    # one
+    python benchmarks/run.py gpu_scaling     # not in the default list: it needs a CUDA device
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt"]
+BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah"]  # gpu_scaling: by name, on a GPU
+ARGS = {"scaling": ["--quick"]}  # the full scaling run takes hours on a small CPU machine: run it by hand
 
 
 def main() -> int:
@@ -19,7 +21,7 @@ def main() -> int:
     failed = []
     for name in names:
         print(f"\n=== {name} ===", flush=True)
-        if subprocess.run([sys.executable, str(HERE / f"{name}.py")]).returncode:
+        if subprocess.run([sys.executable, str(HERE / f"{name}.py"), *ARGS.get(name, [])]).returncode:
             failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from fractions import Fraction
 
 import av
@@ -167,3 +169,89 @@ def test_huge_declared_frame_count(tmp_path, capfd):
 def test_frame_outside_video(coded):
     with pytest.raises(InputError, match="outside the video"):
         list(open_video(coded).frames([600]))
+
+
+# ---------------------------------------------------------------------------------- parallel decoding
+
+
+def full_decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoding_matches_a_full_decode(coded, threads):
+    """Every path (one decoder with FFmpeg's frame threads, several decoders on GOP runs) returns the
+    very pixels of a plain sequential decode, in the order asked."""
+    reference = full_decode(coded)
+    rng = np.random.default_rng(1)
+    v = open_video(coded, threads=threads)
+    gops = [[i for i in range(600) if v.key_before(v._pts[i]) == k] for k in v._key_pts]
+    longest = max(gops, key=len)
+    assert len(longest) >= 20 and len(v.runs(longest)) == 1
+    plans = [list(range(600)),  # dense: every frame of every GOP
+             sorted(rng.choice(600, 97, replace=False).tolist()),  # a few frames per GOP
+             [gop[len(gop) // 2] for gop in gops],  # one frame per GOP (one run each)
+             longest,  # inside one GOP: one decoder with FFmpeg's frame threads
+             rng.choice(600, 30).tolist()]  # any order, repeats
+    for plan in plans:
+        got = list(v.frames(plan))
+        wrong = sum(not np.array_equal(g, reference[i]) for g, i in zip(got, plan))
+        assert len(got) == len(plan) and wrong == 0
+    assert len(v._pool) == (0 if threads == 1 else 3)  # the parallel path ran (3 decoders, one per thread)
+    v.close()
+
+
+def test_parallel_runs_and_clean_stop(coded):
+    v = open_video(coded, threads=4)
+    plan = list(range(0, 600, 7))
+    runs = v.runs(plan)
+    gop = [v.key_before(v._pts[i]) for i in range(600)]  # the keyframe each frame is decoded from
+    assert [i for run in runs for i in run] == plan and len(runs) == len({gop[i] for i in plan}) > 10
+    assert all(len({gop[i] for i in run}) == 1 for run in runs)  # one seek per run, one run per GOP
+    frames = v.frames(plan)
+    assert [read_index(next(frames)) for _ in range(5)] == [0, 7, 14, 21, 28]
+    frames.close()  # a consumer that stops early leaves no decoding thread behind
+    assert not [t for t in threading.enumerate() if t.name == "longvid-decode"]
+    assert [read_index(f) for f in v.frames([599, 0])] == [599, 0]  # the pool is reusable afterwards
+    v.close()
+
+
+def test_truncated_mpeg_ts_decodes_what_is_there(tmp_path, capfd):
+    path = write_video(tmp_path / "full.ts", moving_shapes(120, 48, 64), fps=30, gop=30)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: len(data) // 2])  # the demuxer seeks by bytes here and lands past keyframes
+    reference = full_decode(cut)
+    v = open_video(cut)
+    assert 30 < v.num_frames == len(reference) < 120
+    assert len(v.warnings) == 1 and f"{v.num_frames} of" in v.warnings[0] and "frames are usable" in v.warnings[0]
+    got = list(v.frames(range(v.num_frames)))
+    assert sum(not np.array_equal(g, r) for g, r in zip(got, reference)) == 0 and len(got) == len(reference)
+    code, out, err = info_cli(cut, capfd)
+    assert code == 0 and err.startswith("warning:") and "frames are usable" in err
+
+
+def test_parallel_decoding_runs_ahead_by_a_bounded_number_of_frames(coded, monkeypatch):
+    from longvid.video import reader
+
+    monkeypatch.setattr(reader, "RUN_QUEUE", 2)
+    monkeypatch.setattr(reader, "AHEAD_BYTES", 64 * 96 * 3 * 6)  # 6 frames of this video
+    produced = 0
+    original = reader._Decoder.frames
+
+    def counting(self, indices):
+        nonlocal produced
+        for item in original(self, indices):
+            produced += 1
+            yield item
+
+    monkeypatch.setattr(reader._Decoder, "frames", counting)
+    v = open_video(coded, threads=3)
+    plan = list(range(0, 600, 2))
+    frames = v.frames(plan)
+    assert read_index(next(frames)) == 0
+    time.sleep(1.0)  # let the decoders run as far ahead as they may
+    assert 3 <= produced <= 1 + 6 < len(plan)  # the one yielded + the budget
+    assert [read_index(f) for f in frames] == plan[1:]
+    v.close()
