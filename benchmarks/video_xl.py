@@ -68,7 +68,7 @@ def main() -> None:
         print(json.dumps(worker(ckpt, int(frames), mode, args.threads)))
         return
 
-    from longvid.models.video_xl import make_tiny_video_xl
+    from longvid.tiny import make_tiny_video_xl
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# weight digests (checkpoint.weights_digest) are remembered here, not in the user's ~/.cache
+os.environ.setdefault("LONGVID_HOME", tempfile.mkdtemp(prefix="longvid-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -61,11 +61,26 @@ def test_pixel_values(model, fx):
     close(model.processor(fx["frames"]), fx["E"]["pixel_values"], atol=1e-5, rtol=0)
 
 
+def traced_encode(model, pixels: torch.Tensor, is_image: bool = False) -> tuple[torch.Tensor, dict]:
+    """`encode_clips`, recording the tower's output and the MLP's input (ToMe's output) with forward hooks,
+    and ToMe's merge decisions by running it again on the recorded tower output."""
+    trace: dict = {}
+    hooks = [model.model.vision_tower.register_forward_hook(lambda mod, args, out: trace.update(vision_tower_out=out)),
+             model.model.projector.mlp.register_forward_pre_hook(lambda mod, args: trace.update(tome_merged=args[0]))]
+    try:
+        with torch.no_grad():
+            out = model.model.encode_clips(pixels, is_image=is_image)
+            trace["tome"] = []
+            model.model.projector.tome(trace["vision_tower_out"], pixels.shape[1], is_image, trace["tome"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return out, trace
+
+
 def test_tower_tome_projector_per_clip(model, fx):
     E = fx["E"]
-    trace: dict = {}
-    with torch.no_grad():
-        out = model.model.encode_clips(torch.from_numpy(E["pixel_values"]).reshape(4, 4, 3, 160, 160), trace=trace)
+    out, trace = traced_encode(model, torch.from_numpy(E["pixel_values"]).reshape(4, 4, 3, 160, 160))
     close(trace["vision_tower_out"], E["vision_tower_out"])
     assert len(trace["tome"]) == len([k for k in E.keys() if k.startswith("tome_step") and k.endswith("_unm_idx")]) > 0
     for step, decision in enumerate(trace["tome"]):
@@ -96,8 +111,8 @@ def test_logits_and_hidden_states(model, model_compress, fx, mode):
     m = model if mode == "nocompress" else model_compress
     kept: list = []
     with torch.no_grad():  # start from the reference inputs_embeds' visual rows
-        out = m.forward_prompt(E["input_ids"][0].tolist(), torch.from_numpy(E["projector_out"]).flatten(0, 1),
-                               kept_rows=kept, output_hidden_states=True)
+        out = m.model(E["input_ids"][0].tolist(), torch.from_numpy(E["projector_out"]).flatten(0, 1),
+                      kept_rows=kept, output_hidden_states=True)
         logits = m.model.llm.logits(out.hidden)[0]
     close(logits, E[f"video_{mode}_logits"])
     for i in range(1, 5):
@@ -119,7 +134,9 @@ def test_greedy_generation_and_step_logits(model, model_compress, fx, mode):
     steps = []
     with torch.no_grad():
         logits = m.prefill(ids, visual.tokens, cache)
-        step = m.step_fn(cache)
+        def step(token):
+            return m.decode_step([token], cache)
+
         tokens = []
         for _ in range(12):
             steps.append(logits)
@@ -146,9 +163,7 @@ def test_single_image_path(model, fx):
     image = np.load(fx["dir"] / "inputs" / "image.npy")
     pixels = model.processor([image])
     close(pixels, E["image_pixel_values"], atol=1e-5, rtol=0)
-    trace: dict = {}
-    with torch.no_grad():
-        out = model.model.encode_clips(pixels[:, None], is_image=True, trace=trace)
+    out, trace = traced_encode(model, pixels[:, None], is_image=True)
     close(trace["vision_tower_out"], E["image_vision_tower_out"])
     for name in ("unm_idx", "src_idx", "dst_idx"):
         np.testing.assert_array_equal(getattr(trace["tome"][0], name).numpy(), E[f"image_tome_step0_{name}"])

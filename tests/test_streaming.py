@@ -19,10 +19,10 @@ def test_streaming_equals_all_at_once(tiny_model, short_video):
     plan = tiny_model.sampling_plan(v, num_frames=24)
     all_pixels = tiny_model.pixels(v.read(plan.indices))
     with torch.no_grad():
-        at_once = tiny_model.model.encode_frames(all_pixels, clip_batch=2)
-    streamed = tiny_model.encode(v, plan, clip_batch=2).tokens
+        at_once = torch.cat([tiny_model.encode_pixels(all_pixels[i : i + 8], plan) for i in range(0, 24, 8)])
+    streamed = tiny_model.encode_video(v, plan, batch_frames=8).tokens
     assert torch.equal(streamed, at_once)
-    other_batch = tiny_model.encode(v, plan, clip_batch=5).tokens
+    other_batch = tiny_model.encode_video(v, plan, batch_frames=20).tokens
     torch.testing.assert_close(other_batch, at_once, atol=1e-5, rtol=1e-5)
 
 
@@ -50,7 +50,7 @@ def test_encode_holds_one_batch_of_frames(tiny_model, short_video):
 
     tiny_model.pixels = release
     try:
-        tiny_model.encode(v, plan, clip_batch=2)
+        tiny_model.encode_video(v, plan, batch_frames=8)
     finally:
         del tiny_model.pixels
     assert 4 <= peak <= 8  # at least one clip of 4 frames was decoded, never more than 2 clips at once
@@ -78,7 +78,7 @@ def test_features_from_another_model_are_refused(tiny_model, short_video, tmp_pa
 
     other = longvid.load(make_checkpoint(tmp_path / "other", tiny_videochat_flash_config(512, image_size=32)))
     v = open_video(short_video)
-    path = save_features(tmp_path / "o.safetensors", other.encode(v, other.sampling_plan(v, num_frames=8)), other)
+    path = save_features(tmp_path / "o.safetensors", other.encode_video(v, other.sampling_plan(v, num_frames=8)), other)
     with pytest.raises(InputError, match="different model"):
         load_features(path, tiny_model)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")

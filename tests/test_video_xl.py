@@ -16,7 +16,7 @@ from longvid.cli import main
 from longvid.compress.beacon import BeaconCompressor, BeaconConfig
 from longvid.errors import BudgetError, ConfigError
 from longvid.models import family_of
-from longvid.models.video_xl import make_tiny_video_xl, tiny_video_xl_config
+from longvid.tiny import make_tiny_video_xl, tiny_video_xl_config
 from longvid.video import SamplingPlan, open_video
 
 SYSTEM = "You are a careful assistant. Answer with the letter."
@@ -204,7 +204,7 @@ def test_streamed_encode_equals_one_batch(model, frames):
     assert plan.indices == list(range(7))
     model.frames_per_chunk = 3
     try:
-        streamed = model.encode(video, plan).tokens
+        streamed = model.encode_video(video, plan).tokens
     finally:
         del model.frames_per_chunk
     with torch.no_grad():
@@ -218,7 +218,7 @@ def test_prefill_and_decode_match_the_release_style_implementation(ckpt, frames,
     """Ratio 3 leaves remainders across windows, 4 leaves a last window without VSTs, [3,4,5] draws."""
     m = longvid.load(ckpt, overrides={"beacon_ratio": ratios, "beacon_ratio_mix": "step-random"})
     video = open_video(frames, fps=2.0)
-    visual = m.encode(video, m.sampling_plan(video))
+    visual = m.encode_video(video, m.sampling_plan(video))
     ids = m.prompt_ids(m.conversation(QUESTION, visual.plan, system=SYSTEM))
     assert len(ids) - ids.index(-200) - 1 > m.config.beacon.window  # the question spans two text windows
     plan = m.beacon_plan(visual.tokens.shape[0])
@@ -242,7 +242,7 @@ def test_cli_with_system_prompt_matches_release_style(ckpt, model, frames, tmp_p
     assert code == 0, err
     data = json.loads(out)
     video = open_video(frames, fps=1.0)
-    visual = model.encode(video, model.sampling_plan(video, max_frames=24))
+    visual = model.encode_video(video, model.sampling_plan(video, max_frames=24))
     ids = model.prompt_ids(model.conversation(QUESTION, visual.plan, system=SYSTEM))
     _, tokens = release_style(model, ids, visual.tokens, [3] * 4, 6)
     assert data["token_ids"] and data["token_ids"] == tokens[: len(data["token_ids"])]
@@ -268,7 +268,7 @@ def test_batched_window_prefill_equals_one_by_one(model, frames):
 def test_compression_off_is_a_plain_prefill(ckpt, frames):
     m = longvid.load(ckpt, overrides={"enable_beacon": False})
     video = open_video(frames, fps=2.0)
-    visual = m.encode(video, m.sampling_plan(video))
+    visual = m.encode_video(video, m.sampling_plan(video))
     ids = m.prompt_ids(m.conversation(QUESTION, visual.plan))
     cut = ids.index(-200)
     llm = m.model.llm
@@ -284,18 +284,19 @@ def test_compression_off_is_a_plain_prefill(ckpt, frames):
 
 def test_budget_counts_positions_not_raw_tokens(ckpt):
     m = longvid.load(ckpt, overrides={"tokenizer_model_max_length": 400})
-    budget = m.check_budget(40, 900, 100)  # 900 raw visual tokens > 400, but only 300 VSTs stay cached
+    budget = m.budget(39, 900, 100)  # 900 raw visual tokens > 400, but only 300 VSTs stay cached
+    budget.check()
     assert budget.fits and budget.kv_tokens_per_layer == [39 + 300] * 3
     assert 39 + 300 < budget.context_tokens <= 39 + 300 + 20  # plus the window being read, at most
     with pytest.raises(BudgetError, match="beacon_ratio"):
-        m.check_budget(40, 1200, 133)
+        m.budget(39, 1200, 133).check()
     m.stop_ids = set()  # a random model may end early; this checks only the cap on new tokens
     answer = m.ask(longvid.VisualTokens(torch.randn(900, 48), SamplingPlan(list(range(100)), 1.0, 100.0, 100)),
                    "Why?", max_new_tokens=5)
     assert len(answer.token_ids) == 5  # counting the 900 raw tokens against the 400 positions would allow 1
     off = longvid.load(ckpt, overrides={"tokenizer_model_max_length": 400, "enable_beacon": False})
     with pytest.raises(BudgetError):
-        off.check_budget(40, 900, 100)
+        off.budget(39, 900, 100).check()
 
 
 def test_memory_report(model):

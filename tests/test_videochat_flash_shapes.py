@@ -43,12 +43,12 @@ def test_8_frame_clips_and_compression_with_cache(fixture_b):
     m = longvid.load(fixture_b, overrides={"mm_llm_compress": True})
     assert m.model.vision_tower.position_table(8).shape == (1, 8 * 36, 48)
     frames = np.random.default_rng(2).integers(0, 256, (16, 36, 60, 3), dtype=np.uint8)
-    visual = m.encode(m.open(frames, 4.0), m.sampling_plan(m.open(frames, 4.0)))
+    visual = m.encode_video(m.open(frames, 4.0), m.sampling_plan(m.open(frames, 4.0)))
     assert visual.tokens.shape == (256, 72)
     ids = m.prompt_ids(m.conversation("What moves?", visual.plan))
     kept: list = []
     with torch.no_grad():
-        full = m.model.llm.logits(m.forward_prompt(ids, visual.tokens, kept_rows=kept).hidden[:, -1])[0]
+        full = m.model.llm.logits(m.model(ids, visual.tokens, kept_rows=kept).hidden[:, -1])[0]
         cache = m.new_cache()
         cached = m.prefill(ids, visual.tokens, cache)
     torch.testing.assert_close(full, cached)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from .errors import LongvidError
+from .streaming import TokenPrinter
+
 HELP = """commands:
   /reset     forget the conversation (the video stays encoded)
   /info      what the session holds: frames, visual tokens, KV cache, turns
@@ -14,13 +17,24 @@ HELP = """commands:
 
 
 def _timing_line(t: dict) -> str:
-    return (f"[decode {t.get('decode', 0):.2f} s, encode {t.get('encode', 0):.2f} s, prefill {t.get('prefill', 0):.3f} s, "
-            f"generate {t.get('generate', 0):.2f} s, {t.get('tokens_per_s', 0):.1f} tok/s]")
+    return (f"[decode {t.get('decode', 0):.2f} s, encode {t.get('encode', 0):.2f} s, "
+            f"prefill {t.get('prefill', 0):.3f} s, generate {t.get('generate', 0):.2f} s, "
+            f"{t.get('tokens_per_s', 0):.1f} tok/s]")
+
+
+def _read_line(stdin) -> str:
+    """One line of input; bytes that are not text (binary on stdin) become U+FFFD instead of ending the REPL."""
+    if stdin is not None:
+        line = stdin.readline()
+        if line == "":
+            raise EOFError
+        return line
+    if hasattr(sys.stdin, "reconfigure") and sys.stdin.errors != "replace":
+        sys.stdin.reconfigure(errors="replace")  # not "surrogateescape": no tokenizer takes lone surrogates
+    return input(">>> ")
 
 
 def run_chat(session, max_new_tokens=None, gen=None, show_timings: bool = False, stdin=None, stdout=None) -> None:
-    from .cli import TokenPrinter
-
     out = stdout or sys.stdout
     info = session.info()
     enc = info["encode_timings"]
@@ -29,12 +43,13 @@ def run_chat(session, max_new_tokens=None, gen=None, show_timings: bool = False,
           f"encode {enc.get('encode', 0):.2f} s. Ask away; /help for commands, Ctrl-D to quit.", file=out, flush=True)
     while True:
         try:
-            line = input(">>> ") if stdin is None else stdin.readline()
-            if stdin is not None and line == "":
-                raise EOFError
+            line = _read_line(stdin)
         except (EOFError, KeyboardInterrupt):
             print(file=out)
             return
+        except UnicodeDecodeError:
+            print("(that line is not text; ask again)", file=out)
+            continue
         line = line.strip()
         if not line:
             continue
@@ -58,6 +73,9 @@ def run_chat(session, max_new_tokens=None, gen=None, show_timings: bool = False,
             answer = session.ask(line, max_new_tokens=max_new_tokens, gen=gen, on_token=printer)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=out)
+            continue
+        except LongvidError as e:  # e.g. the conversation outgrew the context: say so, keep the REPL
+            print(f"\nerror: {e}", file=out, flush=True)
             continue
         print(file=out, flush=True)
         if show_timings:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,60 @@ def save_checkpoint(folder: Path, config: dict[str, Any], tensors: dict[str, tor
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ------------------------------------------------------------------------------------------ weight digests
+
+_DIGESTS: dict[str, str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def _digest_store() -> Path:
+    root = os.environ.get("LONGVID_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longvid"
+    return Path(root) / "weight-digests.json"
+
+
+def weights_digest(folder: Path) -> str:
+    """A content hash of a checkpoint's weight files, so that two checkpoints of the same shape (a fine-tune,
+    another seed) never share cached visual tokens.
+
+    Hashing reads every byte once (seconds per GB), so the result is remembered in memory and in a small
+    json (`~/.cache/longvid/weight-digests.json`) under each file's path, size and modification time; a
+    rewritten file gets a new entry. The json is a convenience: when it cannot be written, nothing fails."""
+    files = weight_files(Path(folder))
+    stamps = []
+    for f in files:
+        st = f.stat()
+        stamps.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+    with _DIGEST_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+        store = _digest_store()
+        try:
+            known = json.loads(store.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if not isinstance(known, dict):
+            known = {}
+        digest = known.get(key)
+        if not isinstance(digest, str):
+            h = hashlib.blake2b(digest_size=16)
+            for f in files:
+                with open(f, "rb") as fh:
+                    while block := fh.read(8 << 20):
+                        h.update(block)
+            digest = h.hexdigest()
+            known[key] = digest
+            try:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known))
+                os.replace(tmp, store)
+            except OSError:
+                pass
+        _DIGESTS[key] = digest
+        return digest
 
 
 logging.getLogger("huggingface_hub").setLevel(logging.ERROR)

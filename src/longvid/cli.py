@@ -1,4 +1,9 @@
-"""The `longvid` command line. Every user mistake ends as one line on stderr and exit code 2."""
+"""The `longvid` command line. Every user mistake ends as one line on stderr and exit code 2.
+
+Each command is a thin layer over the pipeline (pipeline.py): flags -> checked options -> one call. The
+subsystems' commands (train, serve, niah) are plain functions in their packages; the table at the end
+maps names to them, so no subsystem imports this module.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,37 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from .errors import ConfigError, LongvidError
+from .flags import (
+    CacheDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GenOpt,
+    JsonOpt,
+    MaxNewOpt,
+    ModelOpt,
+    RevisionOpt,
+    SetOpt,
+    SystemOpt,
+    default_model_or_none,
+    load_model,
+    parse_pairs,
+    sampling_flags,
+)
 from .limits import count_text_tokens
+from .niah.commands import niah
+from .options import GenerationOptions, SamplingOptions, check_device
+from .serve.commands import serve
+from .train.commands import merge_lora, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Understand hour-long videos with multimodal LLMs.")
 
-
+VideoArg = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3].")
 
 
 @app.callback()
@@ -25,117 +50,32 @@ def _root() -> None:
     """Understand hour-long videos with multimodal LLMs."""
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def parse_value(text: str) -> Any:
-    """`--set` / `--gen` values: JSON when it parses (true, 3, [1,2]), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        low = text.strip().lower()
-        if low in ("true", "false"):
-            return low == "true"
-        return text
-
-
-def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = parse_value(value.strip())
-    return out
-
-
-def default_model() -> str:
-    from .assets import default_model_path
-
-    path = default_model_path()
-    if path is None:
-        raise ConfigError("no --model given and no default model is installed")
-    return str(path)
-
-
-def load_model(model: str | None, sets: list[str] | None, dtype: str, device: str, revision: str | None = None):
-    from .models import load
-
-    return load(model or default_model(), device=device, dtype=dtype, overrides=parse_pairs(sets, "--set"),
-                revision=revision)
-
-
-class TokenPrinter:
-    """Prints tokens as they come, holding back bytes that do not yet form whole characters."""
-
-    def __init__(self, tokenizer, stream=None):
-        self.tokenizer, self.stream = tokenizer, stream or sys.stdout
-        self.ids: list[int] = []
-        self.shown = ""
-
-    def __call__(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        self.stream.write(text[len(self.shown):])
-        self.stream.flush()
-        self.shown = text
-
-
-# ------------------------------------------------------------------------------------------ commands
-
-ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder or hub id: owner/name, owner/name/subfolder "
-                        "(default: the bundled tiny model).")
-RevisionOpt = typer.Option(None, "--revision", help="Hub branch, tag or commit of --model.")
-SetOpt = typer.Option(None, "--set", help="Override a config.json key, e.g. --set mm_llm_compress=true.")
-GenOpt = typer.Option(None, "--gen", help="Override a generation setting, e.g. --gen do_sample=false.")
-DtypeOpt = typer.Option("float32", "--dtype", help="float32 or bfloat16.")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ...")
-
-
-MaxFramesOpt = typer.Option(None, "--max-frames", help="Cap on sampled frames.")
-FpsOpt = typer.Option(None, "--fps", help="Frames per second to sample; for .npy arrays and frame folders "
-                      "(no frame rate of their own) their frame rate instead.")
-NumFramesOpt = typer.Option(None, "--num-frames", help="Sample exactly N frames uniformly.")
-InputFpsOpt = typer.Option(None, "--input-fps", help="Frame rate of the input (arrays, frame folders).")
-StartOpt = typer.Option(None, "--start", help="Only look from this second on.")
-EndOpt = typer.Option(None, "--end", help="Only look up to this second.")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object.")
-CacheDirOpt = typer.Option(None, "--cache-dir", envvar="LONGVID_CACHE_DIR",
-                           help="Keep encoded videos here and reuse them (keyed by content, sampling and model).")
-MaxNewOpt = typer.Option(None, "--max-new-tokens")
-SystemOpt = typer.Option(None, "--system", help="Replace the default system prompt.")
-
-
-def open_source(video: str, fps: float | None, input_fps: float | None):
-    """Open VIDEO (before loading any weights, so bad paths fail fast); returns (video, sampling fps)."""
+def open_source(video: str, sampling: SamplingOptions):
+    """Open VIDEO before loading any weights, so that bad paths fail fast; warnings go to stderr."""
     from .video import open_video
 
-    p = Path(video)
-    if fps is not None and input_fps is None and (p.suffix.lower() == ".npy" or p.is_dir()):
-        input_fps, fps = fps, None
-    source = open_video(video, fps=input_fps)
+    source = open_video(video, fps=sampling.input_fps)
     for warning in source.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return source, fps
+    return source
+
+
+def feature_cache(cache_dir: Path | None):
+    from .features import FeatureCache
+
+    return FeatureCache(cache_dir) if cache_dir is not None else None
 
 
 @app.command()
+@sampling_flags
 def ask(
-    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3]."),
+    video: str = VideoArg,
     question: Optional[str] = typer.Argument(None),
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,
     features: Optional[Path] = typer.Option(None, "--features", help="Encoded video from `longvid encode` "
                                             "(then the only argument is the question)."),
     max_new_tokens: Optional[int] = MaxNewOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    fps: Optional[float] = FpsOpt,
-    num_frames: Optional[int] = NumFramesOpt,
-    input_fps: Optional[float] = InputFpsOpt,
-    start: Optional[float] = StartOpt,
-    end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     gens: Optional[list[str]] = GenOpt,
     system: Optional[str] = SystemOpt,
@@ -143,10 +83,15 @@ def ask(
     as_json: bool = JsonOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    sampling: SamplingOptions = SamplingOptions(),
 ):
     """Answer QUESTION about VIDEO (or about an encoded video: --features FILE QUESTION)."""
     from .features import load_features
+    from .pipeline import Pipeline
+    from .streaming import TokenPrinter
 
+    gen = GenerationOptions.of(parse_pairs(gens, "--gen"), max_new_tokens=max_new_tokens)
+    check_device(device)
     if features is not None:
         if question is not None:
             raise ConfigError("with --features, give only the question")
@@ -155,29 +100,19 @@ def ask(
         raise ConfigError("missing QUESTION")
     count_text_tokens(None, [system, question], what="--system and the question")
     if features is None:
-        source, fps = open_source(video, fps, input_fps)
+        source = open_source(video, sampling)
+    cache = feature_cache(cache_dir) if features is None else None
     m = load_model(model, sets, dtype, device, revision)
     count_text_tokens(m.tokenizer, [system, question], what="--system and the question")
     if features is not None:
         source = load_features(features, m)
     stream = not as_json and sys.stdout.isatty()
-    printer = TokenPrinter(m.tokenizer) if stream else None
-    sampling = dict(max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
-    gen = parse_pairs(gens, "--gen")
-    cache_state = None
-    if cache_dir is not None and features is None:
-        from .session import FeatureCache
-
-        session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
-                            **sampling)
-        cache_state = "hit" if session.stats.cache_hit else "miss"
-        answer = session.ask(question, max_new_tokens=max_new_tokens, gen=gen, on_token=printer)
-    else:
-        answer = m.ask(source, question, max_new_tokens=max_new_tokens, gen=gen, system=system,
-                       progress=sys.stderr.isatty(), on_token=printer, **sampling)
+    answer, hit = Pipeline(m, cache).ask(source, question, sampling, system=system, gen=gen,
+                                         on_token=TokenPrinter(m.tokenizer) if stream else None,
+                                         progress=sys.stderr.isatty())
     if as_json:
         out = answer.to_dict()
-        out.update(model=m.name, feature_cache=cache_state)
+        out.update(model=m.name, feature_cache=None if cache is None else "hit" if hit else "miss")
         print(json.dumps(out))
     elif stream:
         print()
@@ -186,17 +121,12 @@ def ask(
 
 
 @app.command()
+@sampling_flags
 def chat(
-    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    video: str = VideoArg,
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,
     max_new_tokens: Optional[int] = MaxNewOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    fps: Optional[float] = FpsOpt,
-    num_frames: Optional[int] = NumFramesOpt,
-    input_fps: Optional[float] = InputFpsOpt,
-    start: Optional[float] = StartOpt,
-    end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     gens: Optional[list[str]] = GenOpt,
     system: Optional[str] = SystemOpt,
@@ -204,86 +134,73 @@ def chat(
     timings: bool = typer.Option(False, "--timings", help="Show timings after every answer (or type /timings)."),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    sampling: SamplingOptions = SamplingOptions(),
 ):
     """Talk about VIDEO: encoded once, then any number of questions (/help for commands, Ctrl-D to quit)."""
     from .chat import run_chat
-    from .session import FeatureCache
+    from .pipeline import Pipeline
 
+    gen = GenerationOptions.of(parse_pairs(gens, "--gen"), max_new_tokens=max_new_tokens)
+    check_device(device)
     count_text_tokens(None, [system], what="--system")
-    source, fps = open_source(video, fps, input_fps)
+    source = open_source(video, sampling)
+    cache = feature_cache(cache_dir)
     m = load_model(model, sets, dtype, device, revision)
     count_text_tokens(m.tokenizer, [system], what="--system")
-    session = m.session(source, system=system, cache=FeatureCache(cache_dir), progress=sys.stderr.isatty(),
-                        max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
-    run_chat(session, max_new_tokens=max_new_tokens, gen=parse_pairs(gens, "--gen"), show_timings=timings)
+    session = Pipeline(m, cache).session(source, sampling, system, progress=sys.stderr.isatty())
+    run_chat(session, gen=gen, show_timings=timings)
 
 
 @app.command()
+@sampling_flags
 def encode(
-    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    video: str = VideoArg,
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    fps: Optional[float] = FpsOpt,
-    num_frames: Optional[int] = NumFramesOpt,
-    input_fps: Optional[float] = InputFpsOpt,
-    start: Optional[float] = StartOpt,
-    end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
+    sampling: SamplingOptions = SamplingOptions(),
 ):
     """Encode VIDEO once into compressed visual tokens (+ sampling plan) for `ask --features`."""
-    from .features import file_hash, save_features
+    from .features import check_output_path, file_hash, save_features
+    from .pipeline import Pipeline
 
-    source, fps = open_source(video, fps, input_fps)
+    check_output_path(out)
+    check_device(device)
+    source = open_source(video, sampling)
     m = load_model(model, sets, dtype, device, revision)
-    plan = m.sampling_plan(source, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
-    visual = m.encode(source, plan, progress=sys.stderr.isatty())
+    _, visual, _ = Pipeline(m).visual(source, sampling, progress=sys.stderr.isatty())
     digest = file_hash(video) if Path(video).is_file() else None
     save_features(out, visual, m, source=str(video), source_hash=digest)
     t = visual.timings
-    print(f"{out}: {visual.num_frames} frames -> {visual.tokens.shape[0]} visual tokens "
+    print(f"{out}: {visual.num_frames} frames -> {visual.num_tokens} visual tokens "
           f"(decode {t.get('decode', 0):.1f} s, encode {t.get('encode', 0):.1f} s)")
 
 
 @app.command()
+@sampling_flags
 def info(
-    video: str = typer.Argument(..., help="Video file, image, folder of frames, or .npy array."),
+    video: str = VideoArg,
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    fps: Optional[float] = FpsOpt,
-    num_frames: Optional[int] = NumFramesOpt,
-    input_fps: Optional[float] = InputFpsOpt,
-    start: Optional[float] = StartOpt,
-    end: Optional[float] = EndOpt,
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
     as_json: bool = JsonOpt,
+    sampling: SamplingOptions = SamplingOptions(),
 ):
     """Describe VIDEO and what a model would see of it: frames, visual tokens, context, KV cache."""
-    from .models import load
     from .report import video_report
 
-    source, fps = open_source(video, fps, input_fps)
-    m = None
-    if model is not None or _default_model_or_none():
-        m = load(model or default_model(), dtype=dtype, overrides=parse_pairs(sets, "--set"), weights=False,
-                 revision=revision)
-    report = video_report(source, m, max_frames=max_frames, fps=fps, num_frames=num_frames, start=start, end=end)
+    source = open_source(video, sampling)
+    has_model = model is not None or default_model_or_none()
+    m = load_model(model, sets, dtype, revision=revision, weights=False) if has_model else None
+    report = video_report(source, m, sampling)
     if as_json:
         print(json.dumps(report.to_dict()))
     else:
         report.print()
-
-
-def _default_model_or_none() -> str | None:
-    from .assets import default_model_path
-
-    path = default_model_path()
-    return str(path) if path else None
 
 
 @app.command()
@@ -296,23 +213,10 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the 
     run(out, minutes, seed)
 
 
-# Commands that live beside their subsystem register themselves on `app` when imported
-# (each module keeps its heavy imports inside the command functions).
-PLUGIN_COMMANDS = ("longvid.train.commands", "longvid.serve.commands", "longvid.niah.commands")
-
-
-def _load_plugin_commands() -> None:
-    import importlib
-
-    for name in PLUGIN_COMMANDS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if not name.startswith(str(e.name)):
-                raise
-
-
-_load_plugin_commands()
+# The subsystems' commands: each module keeps its heavy imports inside the command function.
+SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah}
+for _name, _command in SUBSYSTEM_COMMANDS.items():
+    app.command(_name)(_command)
 
 # ------------------------------------------------------------------------------------------ entry point
 
@@ -327,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except SystemExit as e:  # typer/click exits (--help, usage errors)
+    except SystemExit as e:  # typer/click exits (--help)
         return int(e.code or 0)
     except Exception as e:  # a bug: one line for users, the traceback with LONGVID_DEBUG=1
-        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click usage errors (typer may vendor click)
-            e.show()
-            return int(e.exit_code)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click usage errors (typer may vendor click)
+            print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+            return 2
         if type(e).__name__ == "Abort":
             return 130
         if os.environ.get("LONGVID_DEBUG"):

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ConfigError
+from .options import MIN_TEMPERATURE
 
 
 @dataclass
@@ -60,7 +61,12 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
+        """Greedy decoding; temperatures below MIN_TEMPERATURE are its limit (dividing by them gives inf/nan)."""
+        return not self.do_sample or self.temperature < MIN_TEMPERATURE
+
+
+class StopGeneration(Exception):
+    """Raised from an `on_token` callback to end the answer there (a stop string, a cancelled request)."""
 
 
 @dataclass
@@ -99,7 +105,9 @@ def generate(
     stop_ids: set[int],
     on_token: Callable[[int], None] | None = None,
 ) -> GenerationResult:
-    """Decode from `first_logits` [V]; `step(token)` feeds one token and returns the next logits [V]."""
+    """Decode from `first_logits` [V]; `step(token)` feeds one token and returns the next logits [V].
+
+    `on_token` sees every token as it is chosen; raising `StopGeneration` from it ends the answer ("stop")."""
     rng = None
     if not cfg.greedy:
         rng = torch.Generator(device="cpu")
@@ -117,7 +125,10 @@ def generate(
             return GenerationResult(out, "stop")
         out.append(token)
         if on_token is not None:
-            on_token(token)
+            try:
+                on_token(token)
+            except StopGeneration:
+                return GenerationResult(out, "stop")
         if i + 1 < cfg.max_new_tokens:
             logits = step(token)
     return GenerationResult(out, "length")

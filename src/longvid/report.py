@@ -8,6 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .options import SamplingOptions
+from .pipeline import Pipeline
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -58,7 +61,7 @@ class VideoReport:
         console.print(t)
 
 
-def video_report(video, model=None, **sampling) -> VideoReport:
+def video_report(video, model=None, sampling: SamplingOptions | None = None) -> VideoReport:
     info = video.info
     report = VideoReport({
         "source": video.source, "container": info.container, "codec": info.codec, "width": info.width,
@@ -67,11 +70,12 @@ def video_report(video, model=None, **sampling) -> VideoReport:
     })
     if model is None:
         return report
-    plan = model.sampling_plan(video, **sampling)
-    ids = model.prompt_ids(model.conversation("", plan))
-    budget = model.budget(len(ids) - 1, model.visual_token_count(plan), len(plan))
+    pipeline = Pipeline(model)
+    sampling = sampling or SamplingOptions()
+    plan = pipeline.plan(video, sampling)
+    prompt = pipeline.prompt(plan, check=False)  # a report shows a prompt that does not fit, it does not refuse it
     report.plan = plan.to_dict()
-    report.budget = budget.to_dict()
+    report.budget = prompt.budget.to_dict()
     report.model = {"name": model.name, "family": model.family, "dtype": str(model.dtype).replace("torch.", ""),
                     "compressors": [c.describe() for c in model.compressors]}
     if hasattr(model, "memory_report"):

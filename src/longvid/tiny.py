@@ -87,6 +87,44 @@ def tiny_videochat_flash_config(vocab_size: int, hidden: int = 64, layers: int =
     return cfg
 
 
+def tiny_video_xl_config(vocab_size: int = 512, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                         intermediate: int = 128, image_size: int = 112, patch: int = 14, vision_dim: int = 48,
+                         vision_layers: int = 3, vision_heads: int = 4, window: int = 80,
+                         ratios: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    """A config.json with every key of the released Video-XL config, at tiny sizes (tower in parity_vision_tower)."""
+    specials = vocab_size - 3  # <|endoftext|>, <|im_start|>, <|im_end|> (the tokenizer above)
+    cfg = {
+        "architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen", "vocab_size": vocab_size,
+        "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_window_layers": layers,
+        "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None,
+        "max_position_embeddings": 32768, "sliding_window": 131072, "use_sliding_window": False,
+        "tie_word_embeddings": False, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+        "torch_dtype": "float32", "bos_token_id": specials, "eos_token_id": specials + 2,
+        "beacon_window": window, "beacon_stride": window, "beacon_attn": "full-coverage", "beacon_attend_prev": True,
+        "beacon_sink_size": 0, "beacon_ratio": ratios or [2, 4, 8], "beacon_ratio_mix": "step-random",
+        "beacon_param": ["q", "k", "v"], "beacon_pos": "interleave", "beacon_parallel_window": 1,
+        "beacon_embed_init": "eos", "beacon_accum": True, "enable_beacon": True,
+        "mm_vision_tower": "clip-vit-large-patch14-336", "mm_vision_select_layer": -1,
+        "mm_vision_select_feature": "patch", "mm_hidden_size": vision_dim, "mm_projector_type": "mlp2x_gelu",
+        "mm_resampler_type": "spatial_pool", "mm_spatial_pool_mode": "average", "mm_spatial_pool_stride": 2,
+        "mm_spatial_pool_out_channels": vision_dim, "mm_patch_merge_type": "unires", "image_aspect_ratio": "anyres",
+        "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "unfreeze_mm_vision_tower": True,
+        "tokenizer_model_max_length": 32768, "tokenizer_padding_side": "right",
+        "parity_vision_tower": {"hidden_size": vision_dim, "intermediate_size": 4 * vision_dim,
+                                "num_hidden_layers": vision_layers, "num_attention_heads": vision_heads,
+                                "image_size": image_size, "patch_size": patch, "num_channels": 3,
+                                "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": vision_dim},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def make_tiny_video_xl(folder: str | Path, seed: int = 0, **config: Any) -> Path:
+    """A random tiny Video-XL checkpoint in the released format (config.json, safetensors, tokenizer)."""
+    return make_checkpoint(folder, tiny_video_xl_config(**config), seed=seed)
+
+
 def generation_config(vocab_size: int) -> dict[str, Any]:
     end, im_end = vocab_size - 3, vocab_size - 1
     return {"bos_token_id": end, "eos_token_id": [im_end, end], "pad_token_id": end, "do_sample": True,
@@ -96,12 +134,12 @@ def generation_config(vocab_size: int) -> dict[str, Any]:
 def make_checkpoint(folder: str | Path, config: dict[str, Any], seed: int = 0, vocab_size: int | None = None,
                     corpus: list[str] | None = None, added: list[str] | None = None) -> Path:
     """Write a random checkpoint for `config` (with a tokenizer freshly trained on `corpus`) to `folder`."""
-    from .models import build, release_state_dict
+    from .models import build, release_state
 
     folder = Path(folder)
     torch.manual_seed(seed)
     _, _, module = build(config)
-    save_checkpoint(folder, config, release_state_dict(module))
+    save_checkpoint(folder, config, release_state(module))
     train_tokenizer(folder, vocab_size or config["vocab_size"], corpus, added)
     (folder / "generation_config.json").write_text(json.dumps(generation_config(config["vocab_size"]), indent=2))
     return folder

@@ -7,18 +7,21 @@ the meta device and the loaded tensors assigned in place, so a 7B checkpoint is 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..checkpoint import load_tokenizer, read_config, read_weights, resolve
 from ..errors import CheckpointError, ConfigError
 from ..generation import GenerationConfig
-from .base import Answer, VideoLLM, VisualTokens
-from .videochat_flash import VideoChatFlash, VideoChatFlashConfig, VideoChatFlashModel
+from ..options import check_device, check_overrides
+from ..outputs import Answer, VisualTokens
+from .base import VideoLLM, release_state
 from .video_xl import VideoXL, VideoXLConfig, VideoXLModel
+from .videochat_flash import VideoChatFlash, VideoChatFlashConfig, VideoChatFlashModel
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -106,12 +109,24 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtyp
         llm.lm_head.weight = llm.model.embed_tokens.weight
 
 
-def release_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`module`'s weights under the released key names (a tied `lm_head` is stored once, as the release does)."""
-    llm = getattr(module, "llm", None)
-    tied = llm is not None and llm.config.tie_word_embeddings
-    return {module.to_release_key(k): v for k, v in module.state_dict().items()
-            if not (tied and k == "llm.lm_head.weight")}
+class _Reads(dict):
+    """A config dict that remembers which keys the config readers looked up (to tell a typo from a setting)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
 
 
 def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32",
@@ -120,12 +135,22 @@ def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | to
 
     `weights=False` builds it on the meta device without reading weights: enough to plan frames and
     token / memory budgets (`longvid info`), not to run it."""
-    folder = resolve(path_or_hub_id, revision)
-    cfg = read_config(folder)
-    cfg.update(overrides or {})
+    check_device(str(device))
     torch_dtype = to_dtype(dtype)
+    folder = resolve(path_or_hub_id, revision)
+    released = read_config(folder)
+    overrides = overrides or {}
+    check_overrides(released, overrides)
+    cfg = _Reads({**released, **overrides})
     with torch.device("meta"):
-        fam, config, module = build(cfg)
+        try:
+            fam, config, module = build(cfg)
+        except (ValueError, TypeError, RuntimeError) as e:
+            if not overrides:
+                raise
+            # a --set value the readers accepted but the modules cannot be built with (e.g. a head count)
+            raise ConfigError(f"--set values give an unbuildable model: {str(e).splitlines()[0]}") from None
+    check_overrides(released, overrides, known=cfg.read)
     if weights:
         load_weights(module, read_weights(folder), torch_dtype, device)
     else:
@@ -136,4 +161,4 @@ def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | to
 
 
 __all__ = ["Answer", "Family", "FAMILIES", "VideoLLM", "VisualTokens", "build", "family_of", "load", "load_weights",
-           "register", "release_state_dict", "to_dtype"]
+           "register", "release_state", "to_dtype"]

@@ -25,7 +25,6 @@ Release quirks, and what happens to them here:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,19 +32,21 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig
 
+from ..budget import TokenBudget
 from ..compress.beacon import BeaconCompressor, BeaconConfig, BeaconPlan
 from ..errors import BudgetError, ConfigError, InputError
 from ..llm import KVCache, Qwen2Config, Qwen2ForCausalLM
 from ..llm.qwen2 import Step
 from ..prompt import IMAGE_TOKEN_INDEX
-from ..video import SamplingPlan, Video, fps_plan, linspace_plan, timestamps_plan, trim
+from ..video import SamplingPlan, linspace_plan
 from ..vision.clip import ClipTower, clip_config
 from ..vision.processor import ClipProcessor
-from .base import Timer, TokenBudget, VideoLLM, VisualTokens, batched, progress_bar
+from .base import ReleaseKeys, VideoLLM
 
 FAMILY = "video_xl"
-VISION_PREFIX = "model.vision_tower.vision_tower."
-PROJECTOR_PREFIX = "model.mm_projector."
+# our parameter names -> the release's (the LLM keeps Qwen2's names, under `llm.`)
+RELEASE_PREFIXES = {"vision_tower.": "model.vision_tower.vision_tower.", "projector.": "model.mm_projector.",
+                    "llm.": ""}
 DEFAULT_FRAMES = 128  # the official lmms-eval setting (max_frames_num=128)
 
 
@@ -61,7 +62,7 @@ class VideoXLConfig:
     max_length: int  # tokenizer_model_max_length: positions the LLM may use
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VideoXLConfig":
+    def from_dict(cls, d: dict[str, Any]) -> VideoXLConfig:
         for key, allowed in (("mm_projector_type", "mlp2x_gelu"), ("mm_vision_select_feature", "patch"),
                              ("mm_spatial_pool_mode", "average")):
             if d.get(key, allowed) != allowed:
@@ -76,9 +77,9 @@ class VideoXLConfig:
         stride, grid = int(d.get("mm_spatial_pool_stride", 2)), vision.image_size // vision.patch_size
         if not 1 <= stride <= grid:
             raise ConfigError(f"mm_spatial_pool_stride={stride} does not fit the {grid}x{grid} patch grid")
-        return cls(dict(d), llm, vision, int(d.get("mm_vision_select_layer", -1)), mm_hidden, stride,
-                   BeaconConfig.from_release(d),
-                   int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings))
+        return cls(raw=dict(d), llm=llm, vision=vision, select_layer=int(d.get("mm_vision_select_layer", -1)),
+                   mm_hidden_size=mm_hidden, pool_stride=stride, beacon=BeaconConfig.from_release(d),
+                   max_length=int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings))
 
     @property
     def tokens_per_frame(self) -> int:
@@ -92,8 +93,10 @@ def pool_frames(x: torch.Tensor, grid: int, stride: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(f, -1, c)
 
 
-class VideoXLModel(nn.Module):
-    """The weights: `vision_tower`, `projector`, `llm` (release names differ only by prefix, see below)."""
+class VideoXLModel(ReleaseKeys, nn.Module):
+    """The weights: `vision_tower`, `projector`, `llm` (release names differ only by prefix)."""
+
+    release_prefixes = RELEASE_PREFIXES
 
     def __init__(self, config: VideoXLConfig):
         super().__init__()
@@ -103,50 +106,29 @@ class VideoXLModel(nn.Module):
         self.projector = nn.Sequential(nn.Linear(config.mm_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.llm = Qwen2ForCausalLM(config.llm)
 
-    # release key names <-> ours
-    @staticmethod
-    def from_release_key(key: str) -> str:
-        if key.startswith(VISION_PREFIX):
-            return "vision_tower." + key[len(VISION_PREFIX):]
-        if key.startswith(PROJECTOR_PREFIX):
-            return "projector." + key[len(PROJECTOR_PREFIX):]
-        return "llm." + key
-
-    @staticmethod
-    def to_release_key(key: str) -> str:
-        if key.startswith("vision_tower."):
-            return VISION_PREFIX + key[len("vision_tower."):]
-        if key.startswith("projector."):
-            return PROJECTOR_PREFIX + key[len("projector."):]
-        return key[len("llm."):]
-
     # ------------------------------------------------------------------------------ vision side
 
-    def encode_frames(self, pixels: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels [F, 3, S, S] -> visual tokens [F, tokens_per_frame, hidden] (projector *before* pooling)."""
-        feats = self.vision_tower(pixels)
-        projected = self.projector(feats)
-        pooled = pool_frames(projected, self.vision_tower.grid, self.config.pool_stride)
-        if trace is not None:
-            trace.update(clip_features=feats, projector_out=projected, pooled_features=pooled)
-        return pooled
+        projected = self.projector(self.vision_tower(pixels))
+        return pool_frames(projected, self.vision_tower.grid, self.config.pool_stride)
 
     # ------------------------------------------------------------------------------ LLM side
 
-    def prefill_video(self, prefix: torch.Tensor, visual: torch.Tensor, cache: KVCache, plan: BeaconPlan | None,
-                      trace: list | None = None) -> None:
+    def prefill_video(self, prefix: torch.Tensor, visual: torch.Tensor, cache: KVCache,
+                      plan: BeaconPlan | None) -> None:
         """Cache the prompt prefix [B, S, H] and the video [B, N, H] that follows it.
 
         The prefix is one uncompressed step (the release's "sink"). Each window of `plan` is then one step:
         a zero tensor with the visual rows in order and the VST embedding at the plan's VST rows, the VSTs
         routed through the beacon q/k/v, and only their keys/values kept, at compact positions. Without a
-        plan the video is read uncompressed. `trace` collects every step's final-norm output."""
+        plan the video is read uncompressed."""
         llm = self.llm
         if plan is None:
-            self._step(torch.cat([prefix, visual], dim=1), cache, Step(), trace)
+            self._step(torch.cat([prefix, visual], dim=1), cache, Step())
             return
         if prefix.shape[1]:
-            self._step(prefix, cache, Step(), trace)
+            self._step(prefix, cache, Step())
         vst = llm.model.beacon_embed_tokens.weight[0].to(visual.dtype)
         b, _, h = visual.shape
         for w in plan.windows:
@@ -156,20 +138,18 @@ class VideoXLModel(nn.Module):
             x = visual.new_zeros(b, w.size, h)
             x[:, ~mask] = visual[:, w.start : w.start + w.length]
             x[:, mask] = vst
-            self._step(x, cache, Step(beacon_mask=mask, keep=mask.nonzero().squeeze(1)), trace)
+            self._step(x, cache, Step(beacon_mask=mask, keep=mask.nonzero().squeeze(1)))
 
-    def extend_text(self, embeds: torch.Tensor, cache: KVCache, trace: list | None = None) -> torch.Tensor:
+    def extend_text(self, embeds: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed text [B, T, H] (T >= 1) uncompressed, `beacon_window` rows per step; the last row's hidden [B, H]."""
         window = self.config.beacon.window
         for start in range(0, embeds.shape[1], window):
-            hidden = self._step(embeds[:, start : start + window], cache, Step(), trace)
+            hidden = self._step(embeds[:, start : start + window], cache, Step())
         return hidden[:, -1]
 
-    def _step(self, x: torch.Tensor, cache: KVCache, step: Step, trace: list | None) -> torch.Tensor:
-        hidden = self.llm(x, cache, step=step).hidden
-        if trace is not None:
-            trace.append(hidden)
-        return hidden
+    def _step(self, x: torch.Tensor, cache: KVCache, step: Step) -> torch.Tensor:
+        """One step of the release's loop: rows `x` [B, n, H] -> their final-norm hidden states."""
+        return self.llm(x, cache, step=step).hidden
 
 
 @dataclass
@@ -202,15 +182,12 @@ class BeaconBudget(TokenBudget):
 class VideoXL(VideoLLM):
     family = FAMILY
     default_generation = {"do_sample": False}  # the official evaluations decode greedily
-    frames_per_chunk = 8  # CLIP + projector + pooling run on this many frames at a time
+    encode_batch = 8  # CLIP + projector + pooling run on this many frames at a time
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.processor = ClipProcessor(self.config.vision.image_size, self.config.vision.image_size)
-
-    @property
-    def compressor(self) -> BeaconCompressor:
-        return BeaconCompressor(self.config.beacon)
+        self.compressor = BeaconCompressor(self.config.beacon)
 
     @property
     def compressors(self) -> list:
@@ -224,43 +201,18 @@ class VideoXL(VideoLLM):
 
     # ------------------------------------------------------------------------------ frames -> tokens
 
-    def sampling_plan(self, video: Video, max_frames: int | None = None, fps: float | None = None,
-                      num_frames: int | None = None, timestamps: list[float] | None = None,
-                      start: float | None = None, end: float | None = None) -> SamplingPlan:
-        """Video-XL samples `np.linspace(0, T-1, N, dtype=int)`: N = `num_frames`, else `max_frames` (128)
-        capped at the frame count, so a short clip is read frame by frame rather than with repeats.
-        A still image is a one-frame video (the release's anyres image path is not reproduced)."""
-        if video.is_image:
-            return SamplingPlan.image()
-        first, count = trim(video, start, end)
-        if timestamps:
-            return timestamps_plan(count, video.fps, [t - (start or 0) for t in timestamps], first)
-        if num_frames:
-            return linspace_plan(count, video.fps, num_frames, first)
-        if fps:
-            return fps_plan(count, video.fps, fps, max_frames or 0, first)
-        return linspace_plan(count, video.fps, min(max_frames or DEFAULT_FRAMES, count), first)
+    def default_plan(self, count: int, fps: float, max_frames: int | None, first: int) -> SamplingPlan:
+        """`np.linspace(0, T-1, N, dtype=int)` with N = `max_frames` (128) capped at the frame count, so a
+        short clip is read frame by frame rather than with repeats. A still image is a one-frame video (the
+        release's anyres image path is not reproduced)."""
+        return linspace_plan(count, fps, min(max_frames or DEFAULT_FRAMES, count), first)
 
-    @torch.no_grad()
-    def encode(self, video: Video, plan: SamplingPlan, progress: bool = False) -> VisualTokens:
-        """Decode -> preprocess -> CLIP -> projector -> pooling, `frames_per_chunk` frames at a time.
+    def exact_plan(self, count: int, fps: float, num_frames: int, first: int) -> SamplingPlan:
+        return linspace_plan(count, fps, num_frames, first)
 
-        Host memory holds one chunk of frames (and of CLIP activations) plus the pooled tokens, whatever the
-        video's length; chunking changes no number (each frame is encoded independently)."""
-        timer = Timer()
-        per_frame = self.config.tokens_per_frame
-        tokens = torch.empty(len(plan) * per_frame, self.config.llm.hidden_size, device=self.device, dtype=self.dtype)
-        done = 0
-        with progress_bar(len(plan), "encoding frames", progress) as bar:
-            for batch in batched(video.frames(plan.indices), self.frames_per_chunk, timer):
-                with timer("decode"):
-                    pixels = self.processor(batch).to(self.device, self.dtype)
-                with timer("encode"):
-                    out = self.model.encode_frames(pixels).flatten(0, 1)
-                tokens[done : done + out.shape[0]] = out
-                done += out.shape[0]
-                bar.update(len(batch))
-        return VisualTokens(tokens, plan, timer.times)
+    def encode_pixels(self, pixels: torch.Tensor, plan: SamplingPlan) -> torch.Tensor:
+        """CLIP -> projector -> 2x2 pooling, each frame on its own (so chunking changes no number)."""
+        return self.model.encode_frames(pixels).flatten(0, 1)
 
     def user_message(self, question: str, plan: SamplingPlan) -> str:
         return f"<image>\n{question}"
@@ -271,19 +223,21 @@ class VideoXL(VideoLLM):
         """The window plan for `num_visual` tokens (None when compression is off). Fresh RNG every call."""
         return self.compressor.plan(num_visual) if self.config.beacon.enabled else None
 
-    def prefill_video(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> None:
-        if not ids or ids[-1] != IMAGE_TOKEN_INDEX or ids.count(IMAGE_TOKEN_INDEX) != 1:
-            raise InputError("prefill_video needs prompt ids that end with the one <image> placeholder")
+    def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        """The text before the video in one step, the video in beacon windows, the text after it in windows."""
+        cut = ids.index(IMAGE_TOKEN_INDEX)
         llm = self.model.llm
-        prefix = llm.embed(torch.tensor([ids[:-1]], device=self.device, dtype=torch.long))
+        prefix = llm.embed(torch.tensor([ids[:cut]], device=self.device, dtype=torch.long))
         plan = self.beacon_plan(visual.shape[0])
         kept = plan.num_vst if plan is not None else visual.shape[0]
         # allocate the cache once for the whole prompt and the answer (the plan says how much stays)
         cache.reserve(kept + self.config.beacon.window + self.generation.max_new_tokens)
         self.model.prefill_video(prefix, visual[None].to(prefix.dtype), cache, plan)
         cache.reserve(self.generation.max_new_tokens)
+        return self.decode_step(ids[cut + 1 :], cache) if cut + 1 < len(ids) else None
 
-    def extend(self, ids: list[int], cache: KVCache) -> torch.Tensor:
+    def decode_step(self, ids: list[int], cache: KVCache) -> torch.Tensor:
+        """Text after the video is read uncompressed, in windows of at most `beacon_window` tokens."""
         if not ids:
             raise InputError("no text to feed after the video")
         llm = self.model.llm
@@ -319,46 +273,3 @@ class VideoXL(VideoLLM):
                 "uncompressed": {"kv_tokens": n, "kv_bytes": n * per_token},
                 "configured": {"policy": self.compressor.describe(), "kv_tokens": kept, "kv_bytes": kept * per_token},
                 "ratios": rows}
-
-
-# ---------------------------------------------------------------------------------------------- tiny
-
-
-def tiny_video_xl_config(vocab_size: int = 512, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                         intermediate: int = 128, image_size: int = 112, patch: int = 14, vision_dim: int = 48,
-                         vision_layers: int = 3, vision_heads: int = 4, window: int = 80,
-                         ratios: list[int] | None = None, **extra: Any) -> dict[str, Any]:
-    """A config.json with every key of the released Video-XL config, at tiny sizes (tower in parity_vision_tower)."""
-    specials = vocab_size - 3  # <|endoftext|>, <|im_start|>, <|im_end|> (longvid.tiny's tokenizer)
-    cfg = {
-        "architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen", "vocab_size": vocab_size,
-        "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_window_layers": layers,
-        "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None,
-        "max_position_embeddings": 32768, "sliding_window": 131072, "use_sliding_window": False,
-        "tie_word_embeddings": False, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
-        "torch_dtype": "float32", "bos_token_id": specials, "eos_token_id": specials + 2,
-        "beacon_window": window, "beacon_stride": window, "beacon_attn": "full-coverage", "beacon_attend_prev": True,
-        "beacon_sink_size": 0, "beacon_ratio": ratios or [2, 4, 8], "beacon_ratio_mix": "step-random",
-        "beacon_param": ["q", "k", "v"], "beacon_pos": "interleave", "beacon_parallel_window": 1,
-        "beacon_embed_init": "eos", "beacon_accum": True, "enable_beacon": True,
-        "mm_vision_tower": "clip-vit-large-patch14-336", "mm_vision_select_layer": -1,
-        "mm_vision_select_feature": "patch", "mm_hidden_size": vision_dim, "mm_projector_type": "mlp2x_gelu",
-        "mm_resampler_type": "spatial_pool", "mm_spatial_pool_mode": "average", "mm_spatial_pool_stride": 2,
-        "mm_spatial_pool_out_channels": vision_dim, "mm_patch_merge_type": "unires", "image_aspect_ratio": "anyres",
-        "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "unfreeze_mm_vision_tower": True,
-        "tokenizer_model_max_length": 32768, "tokenizer_padding_side": "right",
-        "parity_vision_tower": {"hidden_size": vision_dim, "intermediate_size": 4 * vision_dim,
-                                "num_hidden_layers": vision_layers, "num_attention_heads": vision_heads,
-                                "image_size": image_size, "patch_size": patch, "num_channels": 3,
-                                "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": vision_dim},
-    }
-    cfg.update(extra)
-    return cfg
-
-
-def make_tiny_video_xl(folder: str | Path, seed: int = 0, **config: Any) -> Path:
-    """A random tiny Video-XL checkpoint in the released format (config.json, safetensors, tokenizer)."""
-    from ..tiny import make_checkpoint
-
-    return make_checkpoint(folder, tiny_video_xl_config(**config), seed=seed)

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from ..cli import DtypeOpt, ModelOpt, SetOpt, app, load_model
 from ..errors import ConfigError
+from ..flags import DtypeOpt, ModelOpt, SetOpt, load_model
 
 
 def _numbers(text: str, kind=float) -> list:
@@ -20,7 +20,6 @@ def _numbers(text: str, kind=float) -> list:
         raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-@app.command()
 def niah(
     out: Path = typer.Option(..., "--out", help="Folder for trials.jsonl, summary.json and heatmap.png."),
     model: Optional[str] = ModelOpt,

@@ -29,7 +29,10 @@ from ..data.needles import Needle, NeedleQuestion, haystack, multi_hop_chain, ne
     single_hop_question
 from ..errors import ConfigError, InputError
 from ..features import load_features, save_features
-from ..models.base import VideoLLM, VisualTokens
+from ..models.base import VideoLLM
+from ..options import GenerationOptions
+from ..outputs import VisualTokens
+from ..pipeline import Pipeline
 from ..video import SamplingPlan, Video, VideoInfo, fps_plan, open_video
 from ..video.reader import ArrayVideo
 from .placement import multi_hop_positions, single_hop_position
@@ -192,22 +195,17 @@ def letter_of(text: str) -> str:
 
 @torch.no_grad()
 def score(model: VideoLLM, visual: VisualTokens, q: NeedleQuestion, max_new_tokens: int) -> dict:
-    ids = model.prompt_ids(model.conversation(q.question, visual.plan))
-    cache = model.new_cache()
-    logits = model.prefill(ids, visual.tokens.to(model.device, model.dtype), cache)
-    snapshot = cache.lengths.copy()
-    answer_ids = model.tokenizer(q.answer, add_special_tokens=False).input_ids
-    predicted, step_logits = [], logits
-    for token in answer_ids:  # teacher forcing: argmax at each answer position
+    """Greedy generation, then teacher forcing on the same prompt (the video prefix is reused, not recomputed)."""
+    pipeline = Pipeline(model)
+    prompt = pipeline.prompt(visual.plan, q.question)
+    answer, prefix = pipeline.answer(prompt, visual, GenerationOptions(max_new_tokens=max_new_tokens, do_sample=False))
+    step_logits, cache, _ = pipeline.prefill(prompt, visual, prefix)
+    predicted = []
+    for token in model.tokenizer(q.answer, add_special_tokens=False).input_ids:  # argmax at each answer position
         predicted.append(int(step_logits.argmax()))
-        step_logits = model.extend([token], cache)
+        step_logits = model.decode_step([token], cache)
     teacher = letter_of(model.tokenizer.decode(predicted, skip_special_tokens=True))
-    cache.crop(snapshot)
-    from ..generation import generate
-
-    result = generate(logits, model.step_fn(cache), model.generation_config(max_new_tokens, {"do_sample": False}),
-                      model.stop_ids)
-    text = model.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    text = model.tokenizer.decode(answer.token_ids, skip_special_tokens=True)
     truth = q.answer.strip().upper()
     return {"answer": truth, "teacher_forced": teacher, "generated": text, "correct": teacher == truth,
             "correct_generated": letter_of(text) == truth, "kind": q.kind}
@@ -223,7 +221,7 @@ class NeedleEncoder:
             self.visual = load_features(path, model)
         else:
             plan = full_plan(hay.max_frames, clip)
-            self.visual = model.encode(hay.spliced(hay.max_frames, [], [], 1), plan, progress=progress)
+            self.visual, _ = Pipeline(model).encode(hay.spliced(hay.max_frames, [], [], 1), plan, progress)
             save_features(path, self.visual, model, source=str(hay.video.source))
         self.per_frame = self.visual.tokens.shape[0] // len(self.visual.plan)
 
@@ -231,7 +229,8 @@ class NeedleEncoder:
         tokens = self.visual.tokens[: trial.frames * self.per_frame]
         pieces, cursor = [], 0
         for pos, image in sorted(zip(trial.positions, trial.images), key=lambda p: p[0]):
-            clip = self.model.encode(ArrayVideo(np.stack([image] * self.clip), 1.0), full_plan(self.clip, self.clip))
+            needle = ArrayVideo(np.stack([image] * self.clip), 1.0)
+            clip = self.model.encode_video(needle, full_plan(self.clip, self.clip))
             pieces += [tokens[cursor * self.per_frame : pos * self.per_frame], clip.tokens]
             cursor = pos
         pieces.append(tokens[cursor * self.per_frame :])
@@ -247,7 +246,7 @@ def run_trial(model: VideoLLM, s: NiahSettings, hay: Haystack, trial: Trial, enc
         visual = encoder.splice(trial)
     else:
         video = hay.spliced(trial.frames, trial.images, trial.positions, s.needle_frames)
-        visual = model.encode(video, full_plan(video.num_frames, clip))
+        visual, _ = Pipeline(model).encode(video, full_plan(video.num_frames, clip))
     results = [score(model, visual, q, s.max_new_tokens) for q in trial.questions]
     return {"key": trial.key, "frames": trial.frames, "depth": trial.depth, "trial": trial.index,
             "needle": trial.description, "positions": trial.positions, "visual_tokens": int(visual.tokens.shape[0]),

@@ -1,4 +1,4 @@
-"""`longvid serve`: registered on the CLI's `app` at start-up; FastAPI and uvicorn load only when it runs."""
+"""`longvid serve` (cli.py maps the name to `serve`); FastAPI and uvicorn load only when it runs."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ from typing import Optional
 
 import typer
 
-from ..cli import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, app, load_model  # noqa: I001
 from ..errors import ConfigError
+from ..flags import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, load_model
 from ..limits import MAX_TEXT_TOKENS
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-@app.command()
 def serve(
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,

@@ -28,10 +28,10 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 from ..errors import InputError
 from ..limits import MAX_MESSAGES
+from ..options import MAX_FRAMES, MAX_SECONDS, MAX_TEMPERATURE, MIN_TEMPERATURE  # the CLI's limits
 
 MAX_STOP_STRINGS = 16
-MAX_SECONDS = 1e7  # ~116 days: longer than any video, small enough for frame arithmetic
-SAMPLING_EPS = 1e-5  # temperatures below this are greedy (as vLLM does): 1e-300 would overflow the softmax
+SAMPLING_EPS = MIN_TEMPERATURE  # temperatures below this are greedy (as vLLM does): 1e-300 would overflow the softmax
 
 
 def _unicode(value: str) -> str:
@@ -55,8 +55,8 @@ class SamplingKnobs(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     fps: float | None = Field(None, gt=0)
-    num_frames: int | None = Field(None, ge=1, validation_alias=AliasChoices("nframes", "num_frames"))
-    max_frames: int | None = Field(None, ge=1)
+    num_frames: int | None = Field(None, ge=1, le=MAX_FRAMES, validation_alias=AliasChoices("nframes", "num_frames"))
+    max_frames: int | None = Field(None, ge=1, le=MAX_FRAMES)
     # seconds; bounded so that times x frame rates stay finite integers (1e308 s would overflow)
     start: float | None = Field(None, ge=0, le=MAX_SECONDS, validation_alias=AliasChoices("video_start", "start"))
     end: float | None = Field(None, gt=0, le=MAX_SECONDS, validation_alias=AliasChoices("video_end", "end"))
@@ -137,8 +137,8 @@ class ProcessorKwargs(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     fps: float | None = Field(None, gt=0)
-    num_frames: int | None = Field(None, ge=1, validation_alias=AliasChoices("num_frames", "nframes"))
-    max_frames: int | None = Field(None, ge=1)
+    num_frames: int | None = Field(None, ge=1, le=MAX_FRAMES, validation_alias=AliasChoices("num_frames", "nframes"))
+    max_frames: int | None = Field(None, ge=1, le=MAX_FRAMES)
     do_sample_frames: bool = True
 
     @field_validator("do_sample_frames")
@@ -160,7 +160,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE)  # below MIN_TEMPERATURE: greedy
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)  # vLLM's extension; -1 or 0 = off
     repetition_penalty: float | None = Field(None, gt=0)  # vLLM's extension

@@ -1,4 +1,4 @@
-"""`longvid train` and `longvid merge-lora` (registered on the main CLI when it starts)."""
+"""`longvid train` and `longvid merge-lora` (cli.py maps the names to these functions)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, parse_pairs
+from ..flags import parse_pairs
 
 
-@app.command()
 def train(
     config: Path = typer.Argument(..., help="Stage config (YAML), e.g. examples/train/tiny.yaml."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder (default: output.dir)."),
@@ -59,7 +58,6 @@ def launch(nproc: int, train_args: list[str]) -> int:
     return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
 
 
-@app.command("merge-lora")
 def merge_lora(
     adapter: Path = typer.Argument(..., help="A LoRA folder written by `longvid train` (adapter_config.json ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged checkpoint."),

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoint import read_config, read_weights, resolve
 from ..errors import CheckpointError, ConfigError
-from ..models import build, load_weights
+from ..models import build, load_weights, release_state
 from .config import LoraSpec, StageConfig
 from .data import IGNORE_INDEX, VisualLayout
 from .lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, NON_LORA, inject, is_lora_key, load_adapter_tensors, merge,
@@ -181,12 +181,6 @@ class TrainingModule(nn.Module):
         if visual:
             loss = loss + 0.0 * sum(p.sum() for p in visual)
         return loss
-
-
-def release_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A full (LoRA-free) state dict of VideoChatFlashModel -> released key names."""
-    tied = model.llm.config.tie_word_embeddings
-    return {model.to_release_key(k): v for k, v in state.items() if not (tied and k == "llm.lm_head.weight")}
 
 
 def trained_state(model: nn.Module, state: dict[str, torch.Tensor], lora: bool) -> dict[str, torch.Tensor]:

@@ -113,15 +113,18 @@ class ArrayVideo(Video):
     def __init__(self, array: np.ndarray, fps: float, source: str = "<array>"):
         if array.ndim == 3:
             array = array[None]
-        if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or len(array) == 0:
-            raise InputError(f"{source}: expected a uint8 array [T, H, W, 3], got shape {tuple(array.shape)}")
+        if array.ndim != 4 or array.shape[-1] not in (1, 3) or 0 in array.shape:
+            raise InputError(f"{source}: expected a uint8 array [T, H, W, 3] (RGB, or 1 channel), "
+                             f"got shape {tuple(array.shape)}")
+        if array.dtype.kind not in "uif":  # complex, bool, strings, objects: no pixel meaning
+            raise InputError(f"{source}: expected uint8 (or integer / float) pixels, got dtype {array.dtype}")
         if array.dtype != np.uint8:
             if np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) <= 1.0:
                 array = array * 255.0
             array = np.clip(array, 0, 255).astype(np.uint8)
         if array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)
-        self.array = array[..., :3]
+        self.array = array
         self.source = source
         self.warnings = []
         self.info = VideoInfo(len(array), float(fps), array.shape[2], array.shape[1], "raw", "array")
