@@ -87,7 +87,7 @@ def measure(m, video, frames: int, new_tokens: int, device: str) -> dict:
     with torch.no_grad():
         sync()
         start = time.perf_counter()
-        visual = m.encode(video, plan).tokens
+        visual = m.encode_video(video, plan).tokens
         sync()
         encoded = time.perf_counter()
         ids = m.prompt_ids(m.conversation(QUESTION, plan))
@@ -97,9 +97,8 @@ def measure(m, video, frames: int, new_tokens: int, device: str) -> dict:
         token = int(logits.argmax())
         sync()
         first = time.perf_counter()
-        step = m.step_fn(cache)
         for _ in range(new_tokens):
-            token = int(step(token).argmax())
+            token = int(m.decode_step([token], cache).argmax())
         sync()
         end = time.perf_counter()
     n_visual = int(visual.shape[0])

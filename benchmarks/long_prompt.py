@@ -40,16 +40,16 @@ def child(tokens: int, frames: int, threads: int) -> None:
     import longvid
     from longvid.assets import default_model_path
     from longvid.data.synthetic import moving_shapes
+    from longvid.pipeline import Pipeline
     from longvid.video import open_video
 
     torch.set_num_threads(threads)
     model = longvid.load(default_model_path())
     video = open_video(np.stack(list(moving_shapes(frames, 64, 64, seed=2))), fps=1.0)
-    visual = model.encode(video, model.sampling_plan(video, num_frames=frames))
+    visual = model.encode_video(video, model.sampling_plan(video, num_frames=frames))
     per_rep = len(model.tokenizer.encode(SENTENCE * 8)) / 8
     question = SENTENCE * max(1, round(tokens / per_rep))
-    ids = model.prompt_ids(model.conversation(question, visual.plan))
-    model.check_budget(len(ids), visual.tokens.shape[0], frames)
+    ids = Pipeline(model).prompt(visual.plan, question).ids  # refused here if it does not fit
     cache = model.new_cache()
     before, setup_peak = rss_kb(), rss_kb(field="VmHWM")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS

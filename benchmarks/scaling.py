@@ -101,7 +101,7 @@ def make_video(work: Path, minutes: int) -> Path:
 
 def make_models(work: Path) -> dict[str, Path]:
     """Tiny random checkpoints shaped like the parity fixtures (cached)."""
-    from longvid.models.video_xl import make_tiny_video_xl
+    from longvid.tiny import make_tiny_video_xl
     from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
 
     vcf, vxl = work / "videochat_flash_tiny_448", work / "video_xl_tiny_r8"
@@ -171,7 +171,7 @@ def work_pipeline(video: str, ckpt: str, config: str, frames: int) -> dict:
     start = time.perf_counter()
     src = m.open(video)
     plan = m.sampling_plan(src, num_frames=frames)
-    visual = m.encode(src, plan)
+    visual = m.encode_video(src, plan)
     answer = m.answer(visual, QUESTION, max_new_tokens=1)
     ttft = time.perf_counter() - start
     t = answer.timings
@@ -186,7 +186,7 @@ def work_hico(video: str, ckpt: str, frames: int, compress: bool) -> dict:
     import torch
 
     import longvid
-    from longvid.models.base import batched
+    from longvid.timing import batched
 
     m = longvid.load(ckpt)
     warm_up(m)
@@ -195,7 +195,7 @@ def work_hico(video: str, ckpt: str, frames: int, compress: bool) -> dict:
     plan = m.sampling_plan(src, num_frames=frames)
     with torch.no_grad():
         if compress:
-            visual = m.encode(src, plan).tokens
+            visual = m.encode_video(src, plan).tokens
         else:  # the same tower and MLP, without the clip-level merge
             t = m.config.frames_per_clip
             parts = []

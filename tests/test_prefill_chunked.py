@@ -16,7 +16,7 @@ from longvid.compress.token_drop import (
     attention_column_means,
 )
 from longvid.llm import KVCache, Qwen2Config, Qwen2ForCausalLM, qwen2
-from longvid.models.video_xl import make_tiny_video_xl
+from longvid.tiny import make_tiny_video_xl
 
 UNCHUNKED = 10**9
 CHUNKS = [1, 4, 7, 16, 25]  # 7 and 25 divide none of the lengths below

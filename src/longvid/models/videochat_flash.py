@@ -157,5 +157,11 @@ class VideoChatFlash(VideoLLM):
         return f"<image>\n{time_message(plan.duration, len(plan)).strip()} {question}"
 
     def prefill(self, ids: list[int], visual: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        """One forward over the prompt when the kept rows depend on the question; otherwise the video prefix
+        (what a chat session keeps) and then the text after it, so that fresh calls and sessions agree."""
+        cut = ids.index(IMAGE_TOKEN_INDEX) + 1
+        if cut < len(ids) and not self.question_dependent:
+            self.model(ids[:cut], visual, cache)
+            return self.decode_step(ids[cut:], cache)
         hidden = self.model(ids, visual, cache).hidden
-        return None if ids[-1] == IMAGE_TOKEN_INDEX else self.model.llm.logits(hidden[:, -1])[0]
+        return None if cut == len(ids) else self.model.llm.logits(hidden[:, -1])[0]
