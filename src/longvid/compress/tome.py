@@ -76,6 +76,14 @@ def tome_merge(
     return x
 
 
+def replay(decisions: list[MergeDecision], t: torch.Tensor) -> torch.Tensor:
+    """Sum-merge `t` [b, p, k] with the decisions a `tome_merge` recorded: with one-hot frame ids, the
+    number of each merged token's patches that came from each frame of the clip."""
+    for d in decisions:
+        t = _apply(t, d)
+    return t
+
+
 class ToMeCompressor(Compressor):
     """16 tokens per frame (64 per image), merged inside each clip before the LLM."""
 

@@ -76,8 +76,9 @@ def article(noun_phrase: str) -> str:
     return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
 
 
-def needle_card(needle: Needle, size: int = 64, seed: int = 0) -> np.ndarray:
-    """The needle image: a bordered light card, a big coloured shape, an optional instruction icon."""
+def needle_card(needle: Needle, size: int = 64, seed: int = 0, rgb: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The needle image: a bordered light card, a big coloured shape, an optional instruction icon.
+    `rgb` paints the shape in another colour than its named one (vision pre-training)."""
     rng = np.random.default_rng(seed)
     frame = np.empty((size, size, 3), np.uint8)
     frame[:] = CARD
@@ -87,7 +88,7 @@ def needle_card(needle: Needle, size: int = 64, seed: int = 0) -> np.ndarray:
     off = (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)), (size - inner) // 2 + int(
         rng.integers(-size // 16, size // 16 + 1))
     mask = shape_mask(needle.shape, inner)
-    frame[off[0] : off[0] + inner, off[1] : off[1] + inner][mask] = COLOURS[needle.colour]
+    frame[off[0] : off[0] + inner, off[1] : off[1] + inner][mask] = rgb if rgb is not None else COLOURS[needle.colour]
     if needle.pointer is not None:
         icon = int(size * 0.28)
         frame[b : b + icon, b : b + icon] = BORDER
@@ -248,6 +249,43 @@ def corpus(samples: int = 3000, seed: int = 0) -> list[str]:
 
 
 CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nIt is a star. It is red. Best option: ( A B C D"
+
+
+# ------------------------------------------------------------------------------------------- seeing
+
+ATTRIBUTES = {"card": 2, "shape": len(SHAPES), "pointer": len(SHAPES) + 1}  # head sizes; pointer class 8 = no icon
+
+
+def pretraining_colour(shape: str, rng: np.random.Generator, held_out_radius: float = 48.0) -> tuple[int, int, int]:
+    """A shape colour for vision pre-training: uniform in RGB, so that colour says nothing about shape,
+    distinct from the card, and at least `held_out_radius` away from every named colour whose pair with
+    `shape` is held out: no held-out needle, nor anything close to it, is ever seen."""
+    held = [np.array(COLOURS[c]) for s, c in combos("test") if s == shape]
+    while True:
+        rgb = rng.integers(0, 256, 3)
+        if np.abs(rgb - np.array(CARD)).sum() > 60 and all(np.linalg.norm(rgb - h) > held_out_radius for h in held):
+            return int(rgb[0]), int(rgb[1]), int(rgb[2])
+
+
+def attribute_clip(frames: int, rng: np.random.Generator, hay: np.ndarray, size: int = 64, card_ratio: float = 0.75,
+                   pointer_ratio: float = 0.5, held_out_radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+    """A clip for vision pre-training: each frame a haystack frame (drawn from `hay`) or a card with a random
+    shape, a random colour (`pretraining_colour`) and, for `pointer_ratio` of them, an instruction icon.
+    Returns (uint8 [frames, size, size, 3], int64 labels [frames, 3]: card 0/1, shape, pointer; -100 where
+    a haystack frame has no shape or pointer)."""
+    images, labels = [], []
+    for _ in range(frames):
+        if rng.random() >= card_ratio:
+            images.append(hay[int(rng.integers(0, len(hay)))])
+            labels.append((0, -100, -100))
+            continue
+        shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+        pointer = SHAPES[int(rng.integers(0, len(SHAPES)))] if rng.random() < pointer_ratio else None
+        pointer = pointer if pointer != shape else None
+        colour = pretraining_colour(shape, rng, held_out_radius)
+        images.append(needle_card(Needle(shape, "red", pointer), size, int(rng.integers(0, 2**31)), rgb=colour))
+        labels.append((1, SHAPES.index(shape), len(SHAPES) if pointer is None else SHAPES.index(pointer)))
+    return np.stack(images), np.array(labels, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------- videos

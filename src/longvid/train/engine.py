@@ -37,6 +37,8 @@ from .data import Batch, GlobalBatches, MicroBatches, TrainDataset, read_records
 from .distributed import Dist
 from .lora import inject, merge
 from .metrics import MetricsLog
+from ..vision import SquashProcessor
+from .attributes import AttributeModule, attribute_batches, cards_spec, is_cards
 from .module import LoadedModel, TrainingModule, load_for_training, resolution_overrides, trained_state
 from .toy import folder_for, generate
 
@@ -195,24 +197,35 @@ class StageRunner:
     def run(self, resume: bool, keep_module: bool) -> StageResult:
         stage, dist = self.stage, self.dist
         seed_everything(stage.seed)
-        records = self.records()
+        cards = is_cards(stage.data.synthetic)  # vision pre-training (train/attributes.py) instead of the LM loss
+        records = [] if cards else self.records()
         ckpt = latest_checkpoint(self.stage_dir) if resume else None
         state = read_state(ckpt) if ckpt else None
         loaded = self.load_model(ckpt)
-        module = TrainingModule(loaded.model)
+        module = AttributeModule(loaded.model) if cards else TrainingModule(loaded.model)
         module.configure(stage)
         if stage.model.resolution and module.model.config.vision.image_size != stage.model.resolution:
             raise ConfigError(f"model.resolution {stage.model.resolution} but the tower runs at "
                               f"{module.model.config.vision.image_size}")
         tokenizer = load_tokenizer(loaded.files_from)
-        max_length = stage.data.max_length or module.model.config.max_length
-        dataset = TrainDataset(records, tokenizer, stage.data, module.layout(), max_length)
-
         accum = stage.accumulation(dist.world)
-        schedule = GlobalBatches([dataset.length(i) for i in range(len(dataset))], stage.optim.global_batch_size,
-                                 stage.optim.micro_batch_size, stage.seed, stage.data.group_by_length)
-        total = stage.optim.max_steps or math.ceil(stage.optim.epochs * schedule.steps_per_epoch)
         start = int(state["step"]) if state else 0
+        if cards:
+            if not stage.optim.max_steps:
+                raise ConfigError(f"stage {stage.name}: the cards task needs optim.max_steps")
+            total = stage.optim.max_steps
+            layout = module.layout()
+            dataset = None
+            batches = attribute_batches(cards_spec(stage.data.synthetic), SquashProcessor(layout.image_size),
+                                        layout.frames_per_clip,
+                                        stage.optim.micro_batch_size, stage.seed, dist.rank, dist.world, start, total,
+                                        accum)
+        else:
+            max_length = stage.data.max_length or module.model.config.max_length
+            dataset = TrainDataset(records, tokenizer, stage.data, module.layout(), max_length)
+            schedule = GlobalBatches([dataset.length(i) for i in range(len(dataset))], stage.optim.global_batch_size,
+                                     stage.optim.micro_batch_size, stage.seed, stage.data.group_by_length)
+            total = stage.optim.max_steps or math.ceil(stage.optim.epochs * schedule.steps_per_epoch)
         self.skipped = int(state.get("skipped", 0)) if state else 0
         self.metrics.rewind(self.global_start + start)
 
@@ -232,13 +245,14 @@ class StageRunner:
                                           torch.load(ckpt / STATE_DIR / "optimizer.pt", weights_only=False))
             scheduler.load_state_dict(torch.load(ckpt / STATE_DIR / "scheduler.pt", weights_only=False))
 
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        micro = MicroBatches(dataset, schedule, dist.rank, dist.world, start, total, pad_id)
-        workers = stage.data.num_workers
-        loader = torch.utils.data.DataLoader(micro, batch_size=None, shuffle=False, num_workers=workers,
-                                             collate_fn=unbatched, prefetch_factor=2 if workers else None,
-                                             generator=torch.Generator().manual_seed(stage.seed))
-        batches = iter(loader)
+        if not cards:
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            micro = MicroBatches(dataset, schedule, dist.rank, dist.world, start, total, pad_id)
+            workers = stage.data.num_workers
+            loader = torch.utils.data.DataLoader(micro, batch_size=None, shuffle=False, num_workers=workers,
+                                                 collate_fn=unbatched, prefetch_factor=2 if workers else None,
+                                                 generator=torch.Generator().manual_seed(stage.seed))
+            batches = iter(loader)
         if ckpt is not None:  # after the loader started: its workers must not shift the restored RNG
             rng_file = ckpt / STATE_DIR / f"rng-rank{dist.rank}.pt"
             if rng_file.is_file():
@@ -250,7 +264,8 @@ class StageRunner:
 
         ctx = Context(model, module, optimizer, scheduler, loaded, accum, total)
         if dist.is_main:
-            say(f"stage {stage.name}: {len(dataset)} records, {total} steps of {stage.optim.global_batch_size} "
+            what = "generated card clips" if dataset is None else f"{len(dataset)} records"
+            say(f"stage {stage.name}: {what}, {total} steps of {stage.optim.global_batch_size} "
                 f"samples ({dist.world} process{'es' if dist.world > 1 else ''} x {accum} micro-batches of "
                 f"{stage.optim.micro_batch_size}, {dist.strategy if dist.distributed else 'single process'})"
                 + (f", resuming after step {start}" if start else ""))
@@ -366,7 +381,7 @@ class StageRunner:
     def trained(self, ctx: "Context") -> dict[str, torch.Tensor]:
         """What the checkpoint keeps, gathered on the main process (collective)."""
         state = self.dist.model_state(ctx.model)
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}  # no probe heads
         return trained_state(ctx.module.model, state, ctx.loaded.lora is not None) if self.dist.is_main else {}
 
     def save_step(self, ctx: "Context", step: int) -> None:

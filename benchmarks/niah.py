@@ -1,0 +1,131 @@
+"""Needle in a haystack on the bundled model: single-hop (pixel and embedding level) and multi-hop.
+
+    python benchmarks/niah.py                     # the README's table (seed 2026: never used in training)
+    python benchmarks/niah.py --trials 1 --quick  # a smoke run
+
+Needles are shape x colour pairs held out of training (`split="test"`), on a seed no training stage or
+tuning run used. Every trial is kept in benchmarks/results/niah/<part>/trials.jsonl (resumable); the
+table (by length, depth and question kind) goes to benchmarks/results/niah.json, the heatmaps beside it,
+and `--readme` rewrites the README's table between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+START, END = "<!-- niah:start -->", "<!-- niah:end -->"
+
+
+def by_kind(trials_path: Path) -> dict[str, dict[str, float]]:
+    """Accuracy per (frames, question kind) from trials.jsonl."""
+    out: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for line in trials_path.read_text().splitlines():
+        record = json.loads(line)
+        for q in record["questions"]:
+            out[str(record["frames"])][q["kind"]].append(q["correct"])
+    return {f: {k: sum(v) / len(v) for k, v in kinds.items()} for f, kinds in out.items()}
+
+
+def run_part(model, name: str, settings, out: Path) -> dict:
+    from longvid.niah.harness import run_niah
+
+    t0 = time.perf_counter()
+    summary = run_niah(model, settings, out / name, progress=sys.stderr.isatty())
+    return {"summary": summary, "by_kind": by_kind(out / name / "trials.jsonl"),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def table(results: dict) -> str:
+    lines = []
+    single = [p for p in ("pixel", "embedding") if p in results["parts"]]
+    if single:
+        frames = list(results["parts"][single[0]]["summary"]["by_frames"])
+        lines += ["| level | question | " + " | ".join(f"{f} frames" for f in frames) + " |",
+                  "|---|---|" + "---|" * len(frames)]
+        for part in single:
+            p = results["parts"][part]
+            lines.append(f"| {part} | all | " + " | ".join(f"{p['summary']['by_frames'][f]['accuracy']:.0%}"
+                                                         for f in frames) + " |")
+            for kind in ("shape", "color"):
+                lines.append(f"| {part} | {kind} | " + " | ".join(
+                    f"{p['by_kind'].get(f, {}).get(kind, float('nan')):.0%}" for f in frames) + " |")
+        depth_rows = results["parts"][single[0]]["summary"]["cells"]
+        worst = min(depth_rows, key=lambda c: c["accuracy"])
+        lines.append("")
+        lines.append(f"Worst single cell ({single[0]}): {worst['accuracy']:.0%} at {worst['frames']} frames, "
+                     f"depth {worst['depth']}.")
+    if "multihop" in results["parts"]:
+        m = results["parts"]["multihop"]["summary"]
+        lines.append(f"Multi-hop ({results['settings']['hops']} cards, {results['settings']['multihop_frames']} "
+                     f"frames, {m['trials']} chains): {m['both_correct']:.0%} of chains fully right, "
+                     f"{m['accuracy']:.0%} of questions.")
+    s = results["settings"]
+    lines.append("")
+    lines.append(f"Seed {s['seed']}, {s['trials']} needles per cell, depths {s['depths']}, official letter scoring "
+                 f"(teacher-forced); {results['machine']}; written by `benchmarks/niah.py`.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint (default: the bundled tiny model)")
+    ap.add_argument("--frames", default="250,500,1000,2000,3000,4000")
+    ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--hops", type=int, default=3)
+    ap.add_argument("--multihop-frames", type=int, default=1000)
+    ap.add_argument("--chains", type=int, default=20)
+    ap.add_argument("--parts", default="pixel,embedding,multihop")
+    ap.add_argument("--quick", action="store_true", help="250 and 500 frames, depths 0 and 1")
+    ap.add_argument("--out", type=Path, default=RESULTS / "niah")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README table from the results file")
+    args = ap.parse_args()
+    if args.readme:
+        results = json.loads((RESULTS / "niah.json").read_text())
+        text = README.read_text()
+        if START not in text:
+            sys.exit(f"{README}: no {START} marker")
+        README.write_text(re.sub(f"{START}.*?{END}", lambda _: f"{START}\n{table(results)}\n{END}", text, flags=re.S))
+        return 0
+
+    import longvid
+    from longvid.niah.harness import NiahSettings
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    frames = [250, 500] if args.quick else [int(x) for x in args.frames.split(",")]
+    depths = [0.0, 1.0] if args.quick else [float(x) for x in args.depths.split(",")]
+    model = longvid.load(args.model) if args.model else longvid.load_default()
+    parts, out = {}, args.out
+    for part in args.parts.split(","):
+        if part in ("pixel", "embedding"):
+            settings = NiahSettings(frames=frames, depths=depths, level=part, trials=args.trials, seed=args.seed)
+        else:
+            settings = NiahSettings(frames=[args.multihop_frames], hops=args.hops, trials=args.chains, seed=args.seed)
+        parts[part] = run_part(model, part, settings, out)
+        print(f"{part}: {parts[part]['summary']['accuracy']:.1%} ({parts[part]['seconds']} s)", flush=True)
+    results = {"parts": parts, "settings": {"seed": args.seed, "trials": args.trials, "depths": depths,
+                                            "frames": frames, "hops": args.hops,
+                                            "multihop_frames": args.multihop_frames, "model": args.model or "bundled"},
+               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
+                          f"{platform.python_version()}, torch {torch.__version__}"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "niah.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
