@@ -256,19 +256,20 @@ CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nIt is a 
 ATTRIBUTES = {"card": 2, "shape": len(SHAPES), "pointer": len(SHAPES) + 1}  # head sizes; pointer class 8 = no icon
 
 
-def pretraining_colour(shape: str, rng: np.random.Generator, held_out_radius: float = 48.0) -> tuple[int, int, int]:
-    """A shape colour for vision pre-training: uniform in RGB, so that colour says nothing about shape,
-    distinct from the card, and at least `held_out_radius` away from every named colour whose pair with
-    `shape` is held out: no held-out needle, nor anything close to it, is ever seen."""
-    held = [np.array(COLOURS[c]) for s, c in combos("test") if s == shape]
+def pretraining_colour(rng: np.random.Generator, radius: float = 48.0) -> tuple[int, int, int]:
+    """A shape colour for vision pre-training: uniform in RGB, distinct from the card, and at least `radius`
+    away from all eight named colours. So colour says nothing about shape (a colour kept away only from
+    held-out pairs would itself be a cue), and no needle the model is asked about, held out or not, is
+    ever seen in pre-training."""
+    named = np.array(list(COLOURS.values()))
     while True:
         rgb = rng.integers(0, 256, 3)
-        if np.abs(rgb - np.array(CARD)).sum() > 60 and all(np.linalg.norm(rgb - h) > held_out_radius for h in held):
+        if np.abs(rgb - np.array(CARD)).sum() > 60 and np.linalg.norm(named - rgb, axis=1).min() > radius:
             return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
 def attribute_clip(frames: int, rng: np.random.Generator, hay: np.ndarray, size: int = 64, card_ratio: float = 0.75,
-                   pointer_ratio: float = 0.5, held_out_radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+                   pointer_ratio: float = 0.5, colour_radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
     """A clip for vision pre-training: each frame a haystack frame (drawn from `hay`) or a card with a random
     shape, a random colour (`pretraining_colour`) and, for `pointer_ratio` of them, an instruction icon.
     Returns (uint8 [frames, size, size, 3], int64 labels [frames, 3]: card 0/1, shape, pointer; -100 where
@@ -282,7 +283,7 @@ def attribute_clip(frames: int, rng: np.random.Generator, hay: np.ndarray, size:
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
         pointer = SHAPES[int(rng.integers(0, len(SHAPES)))] if rng.random() < pointer_ratio else None
         pointer = pointer if pointer != shape else None
-        colour = pretraining_colour(shape, rng, held_out_radius)
+        colour = pretraining_colour(rng, colour_radius)
         images.append(needle_card(Needle(shape, "red", pointer), size, int(rng.integers(0, 2**31)), rgb=colour))
         labels.append((1, SHAPES.index(shape), len(SHAPES) if pointer is None else SHAPES.index(pointer)))
     return np.stack(images), np.array(labels, dtype=np.int64)

@@ -5,11 +5,11 @@ tokens read the colour of every card but the shape of no held-out one): the loss
 LLM is a weak signal, and shape is entangled with colour. Real VideoChat-Flash starts from a
 pre-trained UMT tower; this stage is our stand-in for that pre-training.
 
-    data: {synthetic: {task: cards, card_ratio: 0.75, pointer_ratio: 0.5, held_out_radius: 48, seed: 0}}
+    data: {synthetic: {task: cards, card_ratio: 0.75, pointer_ratio: 0.5, colour_radius: 48, seed: 0}}
 
 Each sample is a clip of `mm_local_num_frames` frames, each a haystack frame or a card painted in a
-random colour (colour must not predict shape; held-out pairs stay unseen, see
-`longvid.data.needles.pretraining_colour`). The clip goes through the tower, ToMe and the projector,
+random colour far from the eight named ones (colour must not predict shape, and no needle the
+model is later asked about is seen here, see `longvid.data.needles.pretraining_colour`). The clip goes through the tower, ToMe and the projector,
 exactly as at inference; each frame's merged tokens are averaged (as an LLM attending to them would)
 and small linear heads predict whether the frame is a card, its shape and its instruction icon. The
 heads are dropped afterwards: checkpoints hold the released keys only.
@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from .module import TrainingModule
 
 IGNORE = -100
-DEFAULTS: dict[str, Any] = {"task": "cards", "card_ratio": 0.75, "pointer_ratio": 0.5, "held_out_radius": 48.0,
+DEFAULTS: dict[str, Any] = {"task": "cards", "card_ratio": 0.75, "pointer_ratio": 0.5, "colour_radius": 48.0,
                             "haystack_frames": 2048, "size": 64, "seed": 0}
 
 
@@ -44,8 +44,8 @@ def cards_spec(synthetic: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown setting data.synthetic.{unknown[0]} (known: {', '.join(sorted(DEFAULTS))})")
     spec = {**DEFAULTS, **synthetic}
-    if not (0 < spec["card_ratio"] <= 1 and 0 <= spec["pointer_ratio"] <= 1 and spec["held_out_radius"] >= 0):
-        raise ConfigError("data.synthetic: need 0 < card_ratio <= 1, 0 <= pointer_ratio <= 1, held_out_radius >= 0")
+    if not (0 < spec["card_ratio"] <= 1 and 0 <= spec["pointer_ratio"] <= 1 and spec["colour_radius"] >= 0):
+        raise ConfigError("data.synthetic: need 0 < card_ratio <= 1, 0 <= pointer_ratio <= 1, colour_radius >= 0")
     return spec
 
 
@@ -133,7 +133,7 @@ def attribute_batches(spec: dict[str, Any], processor, frames: int, micro: int, 
         for j in range(accum):
             rng = np.random.default_rng([int(spec["seed"]), stage_seed, step, rank, j])
             clips, labels = zip(*(attribute_clip(frames, rng, hay, int(spec["size"]), float(spec["card_ratio"]),
-                                                 float(spec["pointer_ratio"]), float(spec["held_out_radius"]))
+                                                 float(spec["pointer_ratio"]), float(spec["colour_radius"]))
                                   for _ in range(micro)))
             pixels = processor(list(np.concatenate(clips)))
             yield AttributeBatch(pixels.reshape(micro, frames, *pixels.shape[1:]), torch.from_numpy(np.stack(labels)))
