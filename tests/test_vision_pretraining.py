@@ -27,11 +27,13 @@ def test_attribute_clip_labels_match_the_frames():
     rng = np.random.default_rng(1)
     hay = np.stack(list(haystack(16, 64, 3)))
     frames, labels = attribute_clip(64, rng, hay, card_ratio=0.5, pointer_ratio=0.5)
-    assert frames.shape == (64, 64, 64, 3) and labels.shape == (64, 3)
+    assert frames.shape == (64, 64, 64, 3) and labels.shape == (64, 6)
     cards = labels[:, 0] == 1
     assert 10 < cards.sum() < 54
     assert (labels[~cards, 1:] == -100).all() and (labels[cards, 1] >= 0).all() and (labels[cards, 2] >= 0).all()
     assert set(labels[cards, 2]) <= set(range(len(SHAPES) + 1)) and (labels[cards, 2] == len(SHAPES)).any()
+    for frame, label in zip(frames[cards], labels[cards]):  # the regressed colour is the shape's paint
+        assert (frame == label[3:].astype(np.uint8)).all(-1).sum() > 100
     # a card is light with a dark border; a haystack frame is a muted texture
     assert frames[cards][:, 0, 0].mean() < 60 and frames[cards][:, 32, 8].mean() > 200
     assert all(any((frames[~cards][i] == h).all() for h in hay) for i in range(int((~cards).sum())))

@@ -253,7 +253,8 @@ CORPUS_PREFIX = "system\nYou are a helpful assistant.\nuser\nassistant\nIt is a 
 
 # ------------------------------------------------------------------------------------------- seeing
 
-ATTRIBUTES = {"card": 2, "shape": len(SHAPES), "pointer": len(SHAPES) + 1}  # head sizes; pointer class 8 = no icon
+ATTRIBUTES = {"card": 2, "shape": len(SHAPES), "pointer": len(SHAPES) + 1}  # classes; pointer class 8 = no icon
+COLOUR_TARGETS = 3  # and the shape's RGB, regressed, so that seeing shapes does not forget colours
 
 
 def pretraining_colour(rng: np.random.Generator, radius: float = 48.0) -> tuple[int, int, int]:
@@ -272,20 +273,20 @@ def attribute_clip(frames: int, rng: np.random.Generator, hay: np.ndarray, size:
                    pointer_ratio: float = 0.5, colour_radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
     """A clip for vision pre-training: each frame a haystack frame (drawn from `hay`) or a card with a random
     shape, a random colour (`pretraining_colour`) and, for `pointer_ratio` of them, an instruction icon.
-    Returns (uint8 [frames, size, size, 3], int64 labels [frames, 3]: card 0/1, shape, pointer; -100 where
-    a haystack frame has no shape or pointer)."""
+    Returns (uint8 [frames, size, size, 3], int64 labels [frames, 6]: card 0/1, shape, pointer, and the
+    shape's R, G, B; -100 where a haystack frame has none of these)."""
     images, labels = [], []
     for _ in range(frames):
         if rng.random() >= card_ratio:
             images.append(hay[int(rng.integers(0, len(hay)))])
-            labels.append((0, -100, -100))
+            labels.append((0, -100, -100, -100, -100, -100))
             continue
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
         pointer = SHAPES[int(rng.integers(0, len(SHAPES)))] if rng.random() < pointer_ratio else None
         pointer = pointer if pointer != shape else None
         colour = pretraining_colour(rng, colour_radius)
         images.append(needle_card(Needle(shape, "red", pointer), size, int(rng.integers(0, 2**31)), rgb=colour))
-        labels.append((1, SHAPES.index(shape), len(SHAPES) if pointer is None else SHAPES.index(pointer)))
+        labels.append((1, SHAPES.index(shape), len(SHAPES) if pointer is None else SHAPES.index(pointer), *colour))
     return np.stack(images), np.array(labels, dtype=np.int64)
 
 

@@ -11,8 +11,9 @@ Each sample is a clip of `mm_local_num_frames` frames, each a haystack frame or 
 random colour far from the eight named ones (colour must not predict shape, and no needle the
 model is later asked about is seen here, see `longvid.data.needles.pretraining_colour`). The clip goes through the tower, ToMe and the projector,
 exactly as at inference; each frame's merged tokens are averaged (as an LLM attending to them would)
-and small linear heads predict whether the frame is a card, its shape and its instruction icon. The
-heads are dropped afterwards: checkpoints hold the released keys only.
+and small linear heads predict whether the frame is a card, its shape, its instruction icon and (a
+regression, so that learning shapes does not wash colours out) the shape's RGB. The heads are dropped
+afterwards: checkpoints hold the released keys only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress.tome import replay, tome_merge
-from ..data.needles import ATTRIBUTES, attribute_clip, haystack
+from ..data.needles import ATTRIBUTES, COLOUR_TARGETS, attribute_clip, haystack
 from ..errors import ConfigError
 from .module import TrainingModule
 
@@ -54,7 +55,7 @@ class AttributeBatch:
     """Duck-types `train.data.Batch` for the engine's loop."""
 
     clips: torch.Tensor  # [n, T, 3, S, S] normalised pixels
-    labels: torch.Tensor  # [n, T, 3] card / shape / pointer per frame
+    labels: torch.Tensor  # [n, T, 6] card / shape / pointer / R / G / B per frame
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -74,7 +75,7 @@ class AttributeModule(TrainingModule):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self.heads = nn.Linear(model.config.llm.hidden_size, sum(ATTRIBUTES.values()))
+        self.heads = nn.Linear(model.config.llm.hidden_size, sum(ATTRIBUTES.values()) + COLOUR_TARGETS)
 
     def configure(self, stage) -> None:
         super().configure(stage)
@@ -101,6 +102,7 @@ class AttributeModule(TrainingModule):
         return (owner.transpose(1, 2) @ tokens) / owner.sum(1)[..., None].clamp(min=1)
 
     def forward(self, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of the three classifications plus summed squared error of the colour."""
         logits = self.heads(self.frame_tokens(clips)).flatten(0, 1)
         labels = labels.flatten(0, 1)
         loss, first = logits.new_zeros(()), 0
@@ -110,18 +112,9 @@ class AttributeModule(TrainingModule):
                 loss = loss + F.cross_entropy(logits[:, first : first + size], target, ignore_index=IGNORE,
                                               reduction="sum")
             first += size
-        return loss
-
-    @torch.no_grad()
-    def accuracy(self, clips: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        logits = self.heads(self.frame_tokens(clips)).flatten(0, 1)
-        labels, out, first = labels.flatten(0, 1), {}, 0
-        for j, (name, size) in enumerate(ATTRIBUTES.items()):
-            keep = labels[:, j] != IGNORE
-            pred = logits[keep, first : first + size].argmax(-1)
-            out[name] = float((pred == labels[keep, j]).float().mean()) if keep.any() else float("nan")
-            first += size
-        return out
+        card = labels[:, 0] == 1
+        rgb = labels[card, len(ATTRIBUTES) :].to(logits.dtype) / 255
+        return loss + F.mse_loss(logits[card, first:], rgb, reduction="sum")
 
 
 def attribute_batches(spec: dict[str, Any], processor, frames: int, micro: int, stage_seed: int, rank: int,
