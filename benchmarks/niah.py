@@ -102,12 +102,13 @@ def main() -> int:
         return 0
 
     import longvid
+    from longvid.assets import default_model_path
     from longvid.niah.harness import NiahSettings
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     frames = [250, 500] if args.quick else [int(x) for x in args.frames.split(",")]
     depths = [0.0, 1.0] if args.quick else [float(x) for x in args.depths.split(",")]
-    model = longvid.load(args.model) if args.model else longvid.load_default()
+    model = longvid.load(args.model or default_model_path())
     parts, out = {}, args.out
     for part in args.parts.split(","):
         if part in ("pixel", "embedding"):

@@ -554,8 +554,12 @@ def test_chat_time_message_is_the_inference_string():
 
 def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     stages = load_config(REPO / "examples/train/needle.yaml")
-    assert [s.name for s in stages] == ["read", "bind", "short", "long"]
-    assert stages[0].model.init["tokenizer"] == "needle" and stages[0].data.labels == "answers"
+    assert [s.name for s in stages] == ["see", "read", "bind", "short", "long"]
+    see, stages = stages[0], stages[1:]
+    assert see.model.init["tokenizer"] == "needle" and see.data.synthetic["task"] == "cards"
+    assert see.lr("vision_tower") and not see.lr("llm")  # vision pre-training, then the tower stays frozen
+    assert all(not s.lr("vision_tower") and s.lr("llm") for s in stages)
+    assert stages[0].data.labels == "answers"
     assert all(s.data.time_message == "chat" for s in stages)
     bounds = [s.data.synthetic["frames"] for s in stages]
     assert bounds[0] == [0, 8] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
