@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from .errors import ConfigError, LongvidError
+from .eval.commands import eval_command
 from .flags import (
     CacheDirOpt,
     DeviceOpt,
@@ -214,7 +215,7 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the 
 
 
 # The subsystems' commands: each module keeps its heavy imports inside the command function.
-SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah}
+SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah, "eval": eval_command}
 for _name, _command in SUBSYSTEM_COMMANDS.items():
     app.command(_name)(_command)
 
