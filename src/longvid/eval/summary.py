@@ -96,7 +96,8 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         for i, v in enumerate(values):
             ax.text(min(v, 0.9) + 0.01, i, f"{v:.1%}", va="center", fontsize=7)
     s = summary["settings"]
-    fig.suptitle(f"{summary['benchmark']}: {metric} {summary['overall']:.1%} - {s.get('model_name', '')} "
+    name = Path(s.get("model_name") or "").name
+    fig.suptitle(f"{summary['benchmark']}: {metric} {summary['overall']:.1%} - {name} "
                  f"({s.get('max_frames')} frames)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
