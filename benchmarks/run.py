@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah"]  # gpu_scaling: by name, on a GPU
+# gpu_scaling: by name, on a GPU
+BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah",
+              "eval_throughput"]
 ARGS = {"scaling": ["--quick"]}  # the full scaling run takes hours on a small CPU machine: run it by hand
 
 

@@ -329,3 +329,31 @@ def test_two_processes_equal_one(tmp_path, clip, monkeypatch, capsys):
     # resuming a folder with other settings would mix two runs' rows: refused
     assert main(["eval", "mvbench", "--data", str(data), "--out", str(tmp_path / "one"), "--max-frames", "12"]) == 2
     assert "other settings (max_frames)" in capsys.readouterr().err
+
+
+def test_feature_cache_spares_a_second_setting(tmp_path, clip):
+    """Questions on one video share its encoding; with --cache-dir another run on the same videos (here with
+    subtitles) skips decoding and encoding."""
+    data = make_videomme(tmp_path / "data", clip)
+    cache = tmp_path / "cache"
+    for bench in ("videomme", "videomme-sub"):
+        assert main(["eval", bench, "--data", str(data), "--out", str(tmp_path / bench), "--max-frames", "8",
+                     "--cache-dir", str(cache), "--limit", "2"]) == 0
+    assert [r["cache_hit"] for r in _rows(tmp_path / "videomme")] == [False, True]
+    assert [r["cache_hit"] for r in _rows(tmp_path / "videomme-sub")] == [True, True]
+
+
+def test_videomme_parquet_as_distributed(tmp_path, clip):
+    """The official videomme/test-00000-of-00001.parquet reads to the same questions as its json records."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    data = make_videomme(tmp_path / "vm", clip)
+    docs = json.loads((data / "videomme/test.json").read_text())
+    (data / "videomme/test.json").unlink()
+    pq.write_table(pa.Table.from_pylist(docs), data / "videomme/test-00000-of-00001.parquet")
+    got = benchmark("videomme").load(data)
+    assert [q.id for q in got] == ["001-1", "001-2", "002-1"] and got[1].answer == "D"
+    assert got[0].prompt.endswith("Option:\nA. one\nB. two\nC. three\nD. four\nAnswer with the option's letter "
+                                  "from the given choices directly.")
+    assert got[0].video.endswith("data/v1.mp4") and got[0].groups["duration"] == "short"
