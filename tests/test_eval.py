@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from longvid.cli import main
-from longvid.eval import benchmark
+from longvid.eval import Question, benchmark
 from longvid.eval.charades import iou, parse_segment
 from longvid.eval.choice import mcq_letter, mmmu_letter, videomme_letter
 from longvid.eval.summary import summarize
@@ -357,3 +357,12 @@ def test_videomme_parquet_as_distributed(tmp_path, clip):
     assert got[0].prompt.endswith("Option:\nA. one\nB. two\nC. three\nD. four\nAnswer with the option's letter "
                                   "from the given choices directly.")
     assert got[0].video.endswith("data/v1.mp4") and got[0].groups["duration"] == "short"
+
+
+def test_shares_group_questions_by_video():
+    from longvid.eval.runner import Shard, my_share
+
+    qs = [Question(id=str(i), task="t", video=f"v{i % 3}", prompt="", answer="A") for i in range(7)]
+    assert [q.id for q in my_share(qs, Shard(0, 1))] == ["0", "3", "6", "1", "4", "2", "5"]
+    assert [q.id for q in my_share(qs, Shard(0, 2))] == ["0", "3", "6", "2", "5"]
+    assert [q.id for q in my_share(qs, Shard(1, 2))] == ["1", "4"]

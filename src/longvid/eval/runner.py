@@ -5,8 +5,10 @@
   cache (in memory, and on disk with --cache-dir, so another run on the same videos skips decode+encode).
 * Each finished question is appended as one whole, fsync'd line (niah/records.py); a run killed at any
   instant resumes with every finished row kept once and the rest asked again.
-* Sharding: with WORLD_SIZE > 1 (torchrun, accelerate, `--nproc`) rank r answers questions r, r+W, ...
-  into predictions.rank<r>.jsonl; after a barrier rank 0 merges every row, once, in annotation order,
+* Order and sharding: questions are answered video by video (so the feature cache holds the video being
+  asked about, whatever the annotation order). With WORLD_SIZE > 1 (torchrun, accelerate, `--nproc`)
+  rank r answers the questions of videos r, r+W, ... (in order of first appearance) into
+  predictions.rank<r>.jsonl; after a barrier rank 0 merges every row, once, in annotation order,
   into predictions.jsonl (replaced atomically) and writes summary.json and the chart. Greedy decoding
   of one question does not depend on the others, so any process count gives the same predictions.
 * A missing or unreadable video is a row with `error` (scored 0), counted in the summary; never fatal.
@@ -138,6 +140,13 @@ def answer_question(pipeline, bench: Benchmark, q: Question, max_frames: int | N
                     cache_hit=hit, seconds=round(time.perf_counter() - t0, 3))
 
 
+def my_share(questions: list[Question], shard: Shard) -> list[Question]:
+    """This rank's questions, grouped by video: video j (by first appearance) goes to rank j % world."""
+    videos = {v: j for j, v in enumerate(dict.fromkeys(q.video for q in questions))}
+    mine = [q for q in questions if videos[q.video] % shard.world == shard.rank]
+    return sorted(mine, key=lambda q: videos[q.video])  # stable: annotation order within a video
+
+
 def merge(out: Path, questions: list[Question]) -> list[dict]:
     """predictions.jsonl := every finished row once, in annotation order; the shard files are removed."""
     rows = finished_rows(out)
@@ -158,7 +167,7 @@ def run_eval(pipeline, bench: Benchmark, questions: list[Question], out: Path, s
     out.mkdir(parents=True, exist_ok=True)
     check_run(out, settings, shard)
     done = finished_rows(out)
-    mine = questions[shard.rank :: shard.world]
+    mine = my_share(questions, shard)
     todo = [q for q in mine if q.id not in done]
     log = out / (PREDICTIONS if shard.world == 1 else f"predictions.rank{shard.rank}.jsonl")
     errors = 0
@@ -208,4 +217,4 @@ def score_only(bench: Benchmark, questions: list[Question], outputs: Path, out: 
     return summary
 
 
-__all__ = ["FAMILY_FRAMES", "Shard", "answer_question", "default_frames", "merge", "run_eval", "score_only"]
+__all__ = ["FAMILY_FRAMES", "Shard", "answer_question", "default_frames", "merge", "my_share", "run_eval", "score_only"]
