@@ -166,6 +166,21 @@ class Pipeline:
                         timings=times)
         return answer, prefix
 
+    @torch.no_grad()
+    def continuation_logprob(self, prompt: Prompt, visual: VisualTokens, ids: list[int]) -> tuple[float, bool]:
+        """log P(`ids` | prompt + video) and whether greedy decoding would produce exactly `ids`, teacher-forced
+        one token at a time (lmms-eval's loglikelihood requests)."""
+        logits, cache, _ = self.prefill(prompt, visual)
+        cache.reserve(len(ids))
+        total, greedy = 0.0, True
+        for i, token in enumerate(ids):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            total += float(logp[token])
+            greedy = greedy and int(logp.argmax()) == token
+            if i + 1 < len(ids):
+                logits = self.model.decode_step([token], cache)
+        return total, greedy
+
     # ------------------------------------------------------------------------------ all of it
 
     def ask(self, video, question: str, sampling: SamplingOptions | dict[str, Any] | None = None, history=(),
