@@ -41,14 +41,29 @@ def test_generate_until_and_loglikelihood_match_the_pipeline(installed_entry_poi
     doc = {"video": str(short_video), "question": "What colour is the shape?"}
     lm.task_dict = {"toy": {"test": [doc]}}
     meta = {"task": "toy", "doc_id": 0, "repeats": 1}
-    gen = Instance("generate_until", (doc["question"], {"max_new_tokens": 8, "until": ["\n\n"]},
-                                      lambda d: [d["video"]], 0, "toy", "test"), 0, meta)
+    gen = Instance(
+        "generate_until",
+        (doc["question"], {"max_new_tokens": 8, "until": ["\n\n"]}, lambda d: [d["video"]], 0, "toy", "test"),
+        0,
+        meta,
+    )
     [text] = lm.generate_until([gen])
-    direct, _ = lm.pipeline.ask(str(short_video), doc["question"], SamplingOptions(max_frames=8),
-                                gen=GenerationOptions(max_new_tokens=8, do_sample=False))
+    direct, _ = lm.pipeline.ask(
+        str(short_video),
+        doc["question"],
+        SamplingOptions(max_frames=8),
+        gen=GenerationOptions(max_new_tokens=8, do_sample=False),
+    )
     assert text == direct.text.strip() and text
-    ll = [Instance("loglikelihood", (doc["question"], target, lambda d: [d["video"], {"start": 0.0, "end": 4.0}],
-                                     0, "toy", "test"), i, meta) for i, target in enumerate([text, "zebra zebra"])]
+    ll = [
+        Instance(
+            "loglikelihood",
+            (doc["question"], target, lambda d: [d["video"], {"start": 0.0, "end": 4.0}], 0, "toy", "test"),
+            i,
+            meta,
+        )
+        for i, target in enumerate([text, "zebra zebra"])
+    ]
     (lp_greedy, is_greedy), (lp_other, other_greedy) = lm.loglikelihood(ll)
     assert is_greedy and not other_greedy
     assert math.isfinite(lp_greedy) and lp_other < lp_greedy <= 0

@@ -16,10 +16,12 @@ from pathlib import Path
 from ..errors import InputError
 from .base import Benchmark, Question, first_existing, need, read_json
 
-PRE_PROMPT = ("Please find the visual event described by a sentence in the video, determining its starting and "
-              "ending times. The format should be: 'The event happens in the start time - end time'. For example, "
-              "The event 'person turn a light on' happens in the 24.3 - 30.4 seonds. Now I will give you the "
-              "textual sentence: ")
+PRE_PROMPT = (
+    "Please find the visual event described by a sentence in the video, determining its starting and "
+    "ending times. The format should be: 'The event happens in the start time - end time'. For example, "
+    "The event 'person turn a light on' happens in the 24.3 - 30.4 seonds. Now I will give you the "
+    "textual sentence: "
+)
 POST_PROMPT = "Please return its start time and end time."
 KEYWORDS = ("starts", "ends", "happens in", "start time", "end time", "start", "end", "happen")
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -95,13 +97,22 @@ class CharadesSTA(Benchmark):
             raise InputError(f"{js[0]}: expected a list")
         for i, item in enumerate(items):
             need(item, ("video", "caption", "timestamp"), f"{js[0]}[{i}]")
-            out.append(self._question(str(i), self._video(data, item["video"]), item["caption"],
-                                      [float(t) for t in item["timestamp"]]))
+            out.append(
+                self._question(
+                    str(i), self._video(data, item["video"]), item["caption"], [float(t) for t in item["timestamp"]]
+                )
+            )
         return out
 
     def _question(self, qid: str, video: str, caption: str, gold: list[float]) -> Question:
-        return Question(id=qid, task="charades", video=video, prompt=f"{PRE_PROMPT}{caption}. {POST_PROMPT}",
-                        answer=gold, groups={"task": "charades"})
+        return Question(
+            id=qid,
+            task="charades",
+            video=video,
+            prompt=f"{PRE_PROMPT}{caption}. {POST_PROMPT}",
+            answer=gold,
+            groups={"task": "charades"},
+        )
 
     def extract(self, output: str, q: Question) -> list[float] | None:
         return parse_segment(output)

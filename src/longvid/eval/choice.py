@@ -21,7 +21,9 @@ import re
 
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
-_PERIOD = re.compile(r"\.(?!\d)")  # the original `(?!<=\d)(\.)(?!\d)`: a lookahead that never fires, so "." not before a digit
+_PERIOD = re.compile(
+    r"\.(?!\d)"
+)  # the original `(?!<=\d)(\.)(?!\d)`: a lookahead that never fires, so "." not before a digit
 
 
 def _strip_punctuation(text: str) -> str:
@@ -47,8 +49,14 @@ def mcq_letter(text: str) -> str:
     return m.group(1).upper() if m else t
 
 
-_VIDEOMME_PREFIXES = ["The best answer is", "The correct answer is", "The answer is", "The answer",
-                      "The best option isThe correct option is", "Best answer:Best option:"]
+_VIDEOMME_PREFIXES = [
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option isThe correct option is",
+    "Best answer:Best option:",
+]
 
 
 def videomme_letter(text: str) -> str:

@@ -17,24 +17,40 @@ from ..flags import CacheDirOpt, DtypeOpt, ModelOpt, SetOpt
 
 def launch(nproc: int, args: list[str]) -> int:
     """`longvid eval ...` under torch.distributed.run with `nproc` processes (as `longvid train --nproc`)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "longvid", "eval", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "longvid",
+        "eval",
+        *args,
+    ]
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
 
 
 def eval_command(
-    bench: str = typer.Argument(..., help="mvbench, videomme, videomme-sub, mlvu, longvideobench, lvbench, charades-sta."),
+    bench: str = typer.Argument(
+        ..., help="mvbench, videomme, videomme-sub, mlvu, longvideobench, lvbench, charades-sta."
+    ),
     data: Path = typer.Option(..., "--data", help="The benchmark's folder in its official layout."),
     model: Optional[str] = ModelOpt,
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Frames per video (default: the paper's "
-                                             "setting for the model family: VideoChat-Flash 512, Video-XL 128)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for predictions.jsonl, summary.json, "
-                                       "accuracy.png (default: eval-results/BENCH)."),
+    max_frames: Optional[int] = typer.Option(
+        None,
+        "--max-frames",
+        help="Frames per video (default: the paper's setting for the model family: VideoChat-Flash 512, Video-XL 128).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for predictions.jsonl, summary.json, accuracy.png (default: eval-results/BENCH)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first K questions."),
     nproc: int = typer.Option(1, "--nproc", help="Processes to shard the questions over (torch.distributed.run)."),
-    score_only: Optional[Path] = typer.Option(None, "--score-only", help="Score these {\"id\", \"output\"} lines "
-                                              "instead of running a model."),
+    score_only: Optional[Path] = typer.Option(
+        None, "--score-only", help='Score these {"id", "output"} lines instead of running a model.'
+    ),
     cache_dir: Optional[Path] = CacheDirOpt,
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
@@ -65,10 +81,22 @@ def eval_command(
         summary = run_score_only(b, questions, score_only, out, {**settings, "score_only": str(score_only)})
         return _report(summary, out)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        args = [bench, "--data", str(data), "--out", str(out), *(["--model", model] if model else []),
-                *(["--max-frames", str(max_frames)] if max_frames else []), *(["--limit", str(limit)] if limit else []),
-                *(["--cache-dir", str(cache_dir)] if cache_dir else []), "--dtype", dtype, "--device", device,
-                *[arg for pair in sets or [] for arg in ("--set", pair)]]
+        args = [
+            bench,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *(["--model", model] if model else []),
+            *(["--max-frames", str(max_frames)] if max_frames else []),
+            *(["--limit", str(limit)] if limit else []),
+            *(["--cache-dir", str(cache_dir)] if cache_dir else []),
+            "--dtype",
+            dtype,
+            "--device",
+            device,
+            *[arg for pair in sets or [] for arg in ("--set", pair)],
+        ]
         code = launch(nproc, args)
         if code != 0:
             raise typer.Exit(code)
@@ -82,8 +110,15 @@ def eval_command(
     check_device(device)
     m = load_model(model, sets, dtype, device)
     frames = max_frames or default_frames(m.family, b.name)
-    settings.update(max_frames=frames, model_name=m.name, model_family=m.family, model_fingerprint=m.fingerprint(),
-                    dtype=dtype, processes=shard.world, subtitles=getattr(b, "subtitles", None))
+    settings.update(
+        max_frames=frames,
+        model_name=m.name,
+        model_family=m.family,
+        model_fingerprint=m.fingerprint(),
+        dtype=dtype,
+        processes=shard.world,
+        subtitles=getattr(b, "subtitles", None),
+    )
     if shard.world > 1:
         import datetime
 
@@ -95,8 +130,9 @@ def eval_command(
     from ..pipeline import Pipeline
 
     try:
-        summary = run_eval(Pipeline(m, FeatureCache(cache_dir)), b, questions, out, settings, shard,
-                           progress=sys.stderr.isatty())
+        summary = run_eval(
+            Pipeline(m, FeatureCache(cache_dir)), b, questions, out, settings, shard, progress=sys.stderr.isatty()
+        )
     finally:
         if shard.world > 1:
             import torch.distributed as dist
@@ -108,8 +144,18 @@ def eval_command(
 
 def _report(summary: dict, out: Path) -> None:
     c = summary["counts"]
-    print(f"{summary['benchmark']}: {summary['metric']} {summary['overall']:.2%} over {c['questions']} questions "
-          f"({c['missing_video']} missing videos, {c['unreadable_video']} unreadable, "
-          f"{c['missing_predictions']} without a prediction)")
-    print(json.dumps({"overall": summary["overall"], "summary": str(out / "summary.json"),
-                      "predictions": str(out / "predictions.jsonl"), "chart": str(out / "accuracy.png")}))
+    print(
+        f"{summary['benchmark']}: {summary['metric']} {summary['overall']:.2%} over {c['questions']} questions "
+        f"({c['missing_video']} missing videos, {c['unreadable_video']} unreadable, "
+        f"{c['missing_predictions']} without a prediction)"
+    )
+    print(
+        json.dumps(
+            {
+                "overall": summary["overall"],
+                "summary": str(out / "summary.json"),
+                "predictions": str(out / "predictions.jsonl"),
+                "chart": str(out / "accuracy.png"),
+            }
+        )
+    )

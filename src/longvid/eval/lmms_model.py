@@ -26,8 +26,16 @@ from .runner import default_frames
 class LongvidLMM(lmms):
     is_simple = True
 
-    def __init__(self, pretrained: str | None = None, max_frames: int | str | None = None, device: str = "cpu",
-                 dtype: str = "float32", cache_dir: str | None = None, batch_size: int | str = 1, **kwargs: Any):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        max_frames: int | str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        cache_dir: str | None = None,
+        batch_size: int | str = 1,
+        **kwargs: Any,
+    ):
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError("longvid answers one request at a time (batch_size=1)")
@@ -53,8 +61,9 @@ class LongvidLMM(lmms):
         for req in tqdm(requests, disable=self.rank != 0, desc="longvid"):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             video, sampling = self._video(doc_to_visual, doc_id, task, split)
-            gen = GenerationOptions(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 1024)), do_sample=False,
-                                    temperature=0.0)
+            gen = GenerationOptions(
+                max_new_tokens=int(gen_kwargs.get("max_new_tokens", 1024)), do_sample=False, temperature=0.0
+            )
             answer, _ = self.pipeline.ask(video, context, sampling, gen=gen)
             text = answer.text
             until = gen_kwargs.get("until") or []
@@ -68,7 +77,9 @@ class LongvidLMM(lmms):
         out = []
         for req in tqdm(requests, disable=self.rank != 0, desc="longvid"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = req.args
-            target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self.task_dict[task][split][doc_id])
+            target = (
+                doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self.task_dict[task][split][doc_id])
+            )
             video, sampling = self._video(doc_to_visual, doc_id, task, split)
             prompt, visual, _ = self.pipeline.visual(video, sampling, question=context)
             ids = self.model.tokenizer.encode(target, add_special_tokens=False)

@@ -68,7 +68,9 @@ class LongVideoBench(Benchmark):
         for i, doc in enumerate(items):
             need(doc, ("id", "video_path", "question", "candidates"), f"{path}[{i}]")
             cands = [c for c in doc["candidates"] if c != "N/A"]
-            question = doc["question"] + "\n" + "\n".join(f"({letter}). {c}" for letter, c in zip(letters(len(cands)), cands))
+            question = (
+                doc["question"] + "\n" + "\n".join(f"({letter}). {c}" for letter, c in zip(letters(len(cands)), cands))
+            )
             prompt = f"{question}\n{POST_PROMPT}"
             sub_name = str(doc.get("subtitle_path") or "")
             if sub_name:
@@ -79,18 +81,29 @@ class LongVideoBench(Benchmark):
                         subs = json.loads(sub_path.read_text(encoding="utf-8"))
                     except (OSError, json.JSONDecodeError) as e:
                         raise InputError(f"{sub_path}: not a readable subtitle json ({e})") from None
-                    text = interleaved_subtitles(subs, float(doc.get("starting_timestamp_for_subtitles", 0)),
-                                                 float(doc.get("duration", 0)))
-                    prompt = (f" This video's subtitles are listed below: \n{text}.\n Select the best answer to the "
-                              "following multiple-choice question based on the video and the subtitles. Respond with "
-                              f"only the letter of the correct option.\nQuestion: {question}\n{POST_PROMPT}")
+                    text = interleaved_subtitles(
+                        subs, float(doc.get("starting_timestamp_for_subtitles", 0)), float(doc.get("duration", 0))
+                    )
+                    prompt = (
+                        f" This video's subtitles are listed below: \n{text}.\n Select the best answer to the "
+                        "following multiple-choice question based on the video and the subtitles. Respond with "
+                        f"only the letter of the correct option.\nQuestion: {question}\n{POST_PROMPT}"
+                    )
             gold = doc.get("correct_choice")
-            out.append(Question(
-                id=str(doc["id"]), task=str(doc.get("question_category", "")), video=str(data / "videos" / doc["video_path"]),
-                prompt=prompt, answer=letters(26)[gold] if isinstance(gold, int) else None,
-                groups={"duration_group": str(doc.get("duration_group", "")),
-                        "question_category": str(doc.get("question_category", ""))},
-                extra={"options": cands}))
+            out.append(
+                Question(
+                    id=str(doc["id"]),
+                    task=str(doc.get("question_category", "")),
+                    video=str(data / "videos" / doc["video_path"]),
+                    prompt=prompt,
+                    answer=letters(26)[gold] if isinstance(gold, int) else None,
+                    groups={
+                        "duration_group": str(doc.get("duration_group", "")),
+                        "question_category": str(doc.get("question_category", "")),
+                    },
+                    extra={"options": cands},
+                )
+            )
         return out
 
     def extract(self, output: str, q: Question) -> str:

@@ -37,11 +37,19 @@ class LVBench(Benchmark):
                 for j, qa in enumerate(video["qa"]):
                     need(qa, ("uid", "question", "answer"), f"{meta[0]}:{n + 1} qa[{j}]")
                     types = qa.get("question_type") or []
-                    out.append(Question(
-                        id=str(qa["uid"]), task=str(video.get("type", "")), video=self._video(data, video["key"]),
-                        prompt=qa["question"] + "\n" + POST_PROMPT, answer=str(qa["answer"]).strip().strip("()"),
-                        groups={"type": str(video.get("type", "")),
-                                "question_type": list(types) if isinstance(types, list) else [str(types)]}))
+                    out.append(
+                        Question(
+                            id=str(qa["uid"]),
+                            task=str(video.get("type", "")),
+                            video=self._video(data, video["key"]),
+                            prompt=qa["question"] + "\n" + POST_PROMPT,
+                            answer=str(qa["answer"]).strip().strip("()"),
+                            groups={
+                                "type": str(video.get("type", "")),
+                                "question_type": list(types) if isinstance(types, list) else [str(types)],
+                            },
+                        )
+                    )
             return out
         if not clean:
             raise InputError(f"{data}: no LVBench annotation (expected video_info.meta.jsonl)")
@@ -50,14 +58,23 @@ class LVBench(Benchmark):
             raise InputError(f"{clean[0]}: expected a list of questions")
         for i, item in enumerate(items):
             need(item, ("video", "question", "candidates", "answer"), f"{clean[0]}[{i}]")
-            options = "".join(f"{letter}. {c}\n" for letter, c in zip(letters(len(item["candidates"])), item["candidates"]))
+            options = "".join(
+                f"{letter}. {c}\n" for letter, c in zip(letters(len(item["candidates"])), item["candidates"])
+            )
             types = item.get("question_type") or []
-            out.append(Question(
-                id=f"{clean[0].stem}/{i}", task=str(item.get("type", "")), video=self._video(data, item["video"]),
-                prompt=item["question"] + "\n" + options + POST_PROMPT,
-                answer=gold_letter(item["candidates"], item["answer"]),
-                groups={"type": str(item.get("type", "")),
-                        "question_type": list(types) if isinstance(types, list) else [str(types)]}))
+            out.append(
+                Question(
+                    id=f"{clean[0].stem}/{i}",
+                    task=str(item.get("type", "")),
+                    video=self._video(data, item["video"]),
+                    prompt=item["question"] + "\n" + options + POST_PROMPT,
+                    answer=gold_letter(item["candidates"], item["answer"]),
+                    groups={
+                        "type": str(item.get("type", "")),
+                        "question_type": list(types) if isinstance(types, list) else [str(types)],
+                    },
+                )
+            )
         return out
 
     def extract(self, output: str, q: Question) -> str:

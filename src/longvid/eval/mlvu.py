@@ -36,11 +36,16 @@ class MLVU(Benchmark):
                 raise InputError(f"{path}: expected a list of questions")
             for i, item in enumerate(items):
                 need(item, ("video", "question", "candidates", "answer"), f"{path}[{i}]")
-                out.append(Question(
-                    id=f"{task}/{i}", task=task, video=str(first_existing(video_root / task / item["video"])),
-                    prompt=mc_prompt(item["question"], item["candidates"], POST_PROMPT, sep=""),
-                    answer=gold_letter(item["candidates"], item["answer"]),
-                    groups={"task": task, "question_type": str(item.get("question_type", task))}))
+                out.append(
+                    Question(
+                        id=f"{task}/{i}",
+                        task=task,
+                        video=str(first_existing(video_root / task / item["video"])),
+                        prompt=mc_prompt(item["question"], item["candidates"], POST_PROMPT, sep=""),
+                        answer=gold_letter(item["candidates"], item["answer"]),
+                        groups={"task": task, "question_type": str(item.get("question_type", task))},
+                    )
+                )
         return out
 
     def extract(self, output: str, q: Question) -> str:

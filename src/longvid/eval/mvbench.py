@@ -42,7 +42,7 @@ POST_PROMPT = "\nOnly give the best option."
 
 
 def mc_prompt(question: str, candidates: list[str], post_prompt: str, sep: str = " ") -> str:
-    """"Question: q\\nOption:\\n(A) x\\n(B) y\\n" + post-prompt (MVBench uses "Question: ", MLVU "Question:")."""
+    """ "Question: q\\nOption:\\n(A) x\\n(B) y\\n" + post-prompt (MVBench uses "Question: ", MLVU "Question:")."""
     options = "".join(f"({letter}) {c}\n" for letter, c in zip(letters(len(candidates)), candidates))
     return f"Question:{sep}{question}\nOption:\n{options}{post_prompt}"
 
@@ -63,7 +63,9 @@ class MVBench(Benchmark):
         folder = data / "json" if (data / "json").is_dir() else data
         files = [folder / f"{t}.json" for t in TASKS if (folder / f"{t}.json").is_file()]
         if not files:
-            raise InputError(f"{data}: no MVBench task json (expected json/<task>.json, e.g. json/action_sequence.json)")
+            raise InputError(
+                f"{data}: no MVBench task json (expected json/<task>.json, e.g. json/action_sequence.json)"
+            )
         video_root = data / "video" if (data / "video").is_dir() else data
         out = []
         for path in files:
@@ -75,11 +77,19 @@ class MVBench(Benchmark):
             for i, item in enumerate(items):
                 need(item, ("video", "question", "candidates", "answer"), f"{path}[{i}]")
                 video = first_existing(*[video_root / f / item["video"] for f in folders])
-                out.append(Question(
-                    id=f"{task}/{i}", task=task, video=str(video),
-                    prompt=mc_prompt(item["question"], item["candidates"], POST_PROMPT),
-                    answer=gold_letter(item["candidates"], item["answer"]), groups={"task": task},
-                    start=item.get("start"), end=item.get("end"), extra={"input_fps": input_fps}))
+                out.append(
+                    Question(
+                        id=f"{task}/{i}",
+                        task=task,
+                        video=str(video),
+                        prompt=mc_prompt(item["question"], item["candidates"], POST_PROMPT),
+                        answer=gold_letter(item["candidates"], item["answer"]),
+                        groups={"task": task},
+                        start=item.get("start"),
+                        end=item.get("end"),
+                        extra={"input_fps": input_fps},
+                    )
+                )
         return out
 
     def extract(self, output: str, q: Question) -> str:

@@ -112,13 +112,30 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def make_row(bench: Benchmark, q: Question, output: str | None, error: str | None = None,
-             error_kind: str | None = None, **info: Any) -> dict:
+def make_row(
+    bench: Benchmark,
+    q: Question,
+    output: str | None,
+    error: str | None = None,
+    error_kind: str | None = None,
+    **info: Any,
+) -> dict:
     extracted = bench.extract(output, q) if output is not None else None
     score = bench.score(extracted, q) if output is not None else 0.0
-    return {"id": q.id, "task": q.task, "video": q.video, "prompt": q.prompt, "output": output,
-            "extracted": extracted, "gold": q.answer, "score": score, "groups": q.groups,
-            "error": error, "error_kind": error_kind, **info}
+    return {
+        "id": q.id,
+        "task": q.task,
+        "video": q.video,
+        "prompt": q.prompt,
+        "output": output,
+        "extracted": extracted,
+        "gold": q.answer,
+        "score": score,
+        "groups": q.groups,
+        "error": error,
+        "error_kind": error_kind,
+        **info,
+    }
 
 
 def answer_question(pipeline, bench: Benchmark, q: Question, max_frames: int | None) -> dict:
@@ -129,15 +146,21 @@ def answer_question(pipeline, bench: Benchmark, q: Question, max_frames: int | N
         return make_row(bench, q, None, f"missing video {q.video}", "missing_video")
     t0 = time.perf_counter()
     try:
-        sampling = SamplingOptions(max_frames=max_frames, start=q.start, end=q.end,
-                                   input_fps=q.extra.get("input_fps"))
+        sampling = SamplingOptions(max_frames=max_frames, start=q.start, end=q.end, input_fps=q.extra.get("input_fps"))
         gen = GenerationOptions(max_new_tokens=bench.max_new_tokens, do_sample=False, temperature=0.0)
         answer, hit = pipeline.ask(q.video, q.prompt, sampling, gen=gen)
     except (LongvidError, OSError, EOFError, ValueError) as e:  # decoding errors, bad clip bounds, budget
         kind = "budget" if type(e).__name__ == "BudgetError" else "unreadable_video"
         return make_row(bench, q, None, f"{type(e).__name__}: {e}", kind)
-    return make_row(bench, q, answer.text.strip(), frames=answer.num_frames, visual_tokens=answer.num_visual_tokens,
-                    cache_hit=hit, seconds=round(time.perf_counter() - t0, 3))
+    return make_row(
+        bench,
+        q,
+        answer.text.strip(),
+        frames=answer.num_frames,
+        visual_tokens=answer.num_visual_tokens,
+        cache_hit=hit,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
 
 
 def my_share(questions: list[Question], shard: Shard) -> list[Question]:
@@ -159,8 +182,15 @@ def merge(out: Path, questions: list[Question]) -> list[dict]:
     return [rows[i] for i in order]
 
 
-def run_eval(pipeline, bench: Benchmark, questions: list[Question], out: Path, settings: dict[str, Any],
-             shard: Shard = Shard(), progress: bool = True) -> dict | None:
+def run_eval(
+    pipeline,
+    bench: Benchmark,
+    questions: list[Question],
+    out: Path,
+    settings: dict[str, Any],
+    shard: Shard = Shard(),
+    progress: bool = True,
+) -> dict | None:
     """Answer (or resume) `questions` into `out`; rank 0 returns the summary, other ranks None."""
     from tqdm.auto import tqdm
 
@@ -171,9 +201,17 @@ def run_eval(pipeline, bench: Benchmark, questions: list[Question], out: Path, s
     todo = [q for q in mine if q.id not in done]
     log = out / (PREDICTIONS if shard.world == 1 else f"predictions.rank{shard.rank}.jsonl")
     errors = 0
-    with RecordWriter(log) as writer, tqdm(total=len(mine), initial=len(mine) - len(todo), desc=bench.name,
-                                           unit="q", disable=not progress or not shard.main,
-                                           file=sys.stderr) as bar:
+    with (
+        RecordWriter(log) as writer,
+        tqdm(
+            total=len(mine),
+            initial=len(mine) - len(todo),
+            desc=bench.name,
+            unit="q",
+            disable=not progress or not shard.main,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for q in todo:
             row = answer_question(pipeline, bench, q, settings.get("max_frames"))
             writer.append(row)
@@ -192,8 +230,7 @@ def run_eval(pipeline, bench: Benchmark, questions: list[Question], out: Path, s
     return summary
 
 
-def score_only(bench: Benchmark, questions: list[Question], outputs: Path, out: Path,
-               settings: dict[str, Any]) -> dict:
+def score_only(bench: Benchmark, questions: list[Question], outputs: Path, out: Path, settings: dict[str, Any]) -> dict:
     """Score `{"id", "output"}` lines (another engine's, an API model's) without a model."""
     from .summary import summarize, write_outputs
 

@@ -53,13 +53,20 @@ def summarize(bench: Benchmark, rows: list[dict], questions: int, settings: dict
         "metric": bench.metric,
         "overall": overall[bench.metric],
         **({k: v for k, v in overall.items() if k.startswith("R@1")}),
-        "counts": {"questions": questions, "predictions": len(rows), "missing_predictions": questions - len(rows),
-                   "missing_video": errors.get("missing_video", 0),
-                   "unreadable_video": errors.get("unreadable_video", 0), "budget": errors.get("budget", 0),
-                   "no_answer_found": unparsed},
+        "counts": {
+            "questions": questions,
+            "predictions": len(rows),
+            "missing_predictions": questions - len(rows),
+            "missing_video": errors.get("missing_video", 0),
+            "unreadable_video": errors.get("unreadable_video", 0),
+            "budget": errors.get("budget", 0),
+            "no_answer_found": unparsed,
+        },
         "overall_without_video_errors": _stats(answered, bench)[bench.metric] if answered else None,
         # MLVU's "M-Avg" and MVBench's headline: the mean of per-task scores
-        "mean_over_tasks": (sum(s[bench.metric] for s in by["task"].values()) / len(by["task"])) if by.get("task") else None,
+        "mean_over_tasks": (sum(s[bench.metric] for s in by["task"].values()) / len(by["task"]))
+        if by.get("task")
+        else None,
         "by": by,
         "settings": settings,
     }
@@ -83,8 +90,9 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     metric = summary["metric"]
     panels = [(k, v) for k, v in summary["by"].items() if v]
     heights = [max(1.5, 0.3 * len(v) + 1) for _, v in panels] or [1.5]
-    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(8, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(panels) or 1, 1, figsize=(8, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
     for ax, (key, cats) in zip(axes[:, 0], panels):
         names = list(cats)
         values = [cats[n][metric] for n in names]
@@ -97,8 +105,10 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
             ax.text(min(v, 0.9) + 0.01, i, f"{v:.1%}", va="center", fontsize=7)
     s = summary["settings"]
     name = Path(s.get("model_name") or "").name
-    fig.suptitle(f"{summary['benchmark']}: {metric} {summary['overall']:.1%} - {name} "
-                 f"({s.get('max_frames')} frames)", fontsize=10)
+    fig.suptitle(
+        f"{summary['benchmark']}: {metric} {summary['overall']:.1%} - {name} ({s.get('max_frames')} frames)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

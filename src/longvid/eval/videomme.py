@@ -18,11 +18,15 @@ from ..errors import InputError
 from .base import Benchmark, Question, first_existing, need, read_json, read_jsonl
 from .choice import videomme_letter
 
-PROMPT = ("These are the frames of a video. Select the best answer to the following multiple-choice question "
-          "based on the video. Respond with only the letter (A, B, C, or D) of the correct option.")
-PROMPT_SUB = ("These are the frames and subtitles of a video. Select the best answer to the following "
-              "multiple-choice question based on the video and the subtitles. Respond with only the letter "
-              "(A, B, C, or D) of the correct option.")
+PROMPT = (
+    "These are the frames of a video. Select the best answer to the following multiple-choice question "
+    "based on the video. Respond with only the letter (A, B, C, or D) of the correct option."
+)
+PROMPT_SUB = (
+    "These are the frames and subtitles of a video. Select the best answer to the following "
+    "multiple-choice question based on the video and the subtitles. Respond with only the letter "
+    "(A, B, C, or D) of the correct option."
+)
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 SUBTITLE_LINE = re.compile(r'<font color="white" size=".72c">(.*?)</font>')
 FIELDS = ("videoID", "question_id", "duration", "question", "options", "answer")
@@ -32,8 +36,9 @@ def read_parquet(path: Path) -> list[dict]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise InputError(f"{path}: reading parquet needs pyarrow (pip install 'longvid[eval]'), "
-                         "or give the records as json") from None
+        raise InputError(
+            f"{path}: reading parquet needs pyarrow (pip install 'longvid[eval]'), or give the records as json"
+        ) from None
     return pq.read_table(path).to_pylist()
 
 
@@ -84,13 +89,25 @@ class VideoMME(Benchmark):
             if isinstance(doc["options"], str):  # some exports store the list as its JSON text
                 doc["options"] = json.loads(doc["options"])
             vid = doc["videoID"]
-            video = first_existing(*[data / d / f"{vid}{ext}" for d in ("data", "videos") for ext in (".mp4", ".MP4", ".mkv")])
+            video = first_existing(
+                *[data / d / f"{vid}{ext}" for d in ("data", "videos") for ext in (".mp4", ".MP4", ".mkv")]
+            )
             subtitle = subtitle_text(data / "subtitle" / f"{vid}.srt") if self.subtitles else None
-            out.append(Question(
-                id=str(doc["question_id"]), task=str(doc.get("task_type", "")), video=str(video),
-                prompt=self.prompt(doc, subtitle), answer=str(doc["answer"]).strip(),
-                groups={"duration": str(doc["duration"]), "domain": str(doc.get("domain", "")),
-                        "sub_category": str(doc.get("sub_category", "")), "task_type": str(doc.get("task_type", ""))}))
+            out.append(
+                Question(
+                    id=str(doc["question_id"]),
+                    task=str(doc.get("task_type", "")),
+                    video=str(video),
+                    prompt=self.prompt(doc, subtitle),
+                    answer=str(doc["answer"]).strip(),
+                    groups={
+                        "duration": str(doc["duration"]),
+                        "domain": str(doc.get("domain", "")),
+                        "sub_category": str(doc.get("sub_category", "")),
+                        "task_type": str(doc.get("task_type", "")),
+                    },
+                )
+            )
         return out
 
     def extract(self, output: str, q: Question) -> str:
