@@ -350,6 +350,16 @@ SCORE_ONLY = {
 }
 
 
+BY = {
+    "mvbench": {"task"},
+    "videomme": {"task", "duration", "domain", "sub_category"},
+    "mlvu": {"task", "question_type"},
+    "longvideobench": {"task", "duration_group"},
+    "lvbench": {"task", "question_type"},
+    "charades-sta": {"task"},
+}
+
+
 @pytest.mark.parametrize("bench", list(SCORE_ONLY))
 def test_score_only(tmp_path, clip, bench, capsys):
     data = MAKERS[bench](tmp_path / "data", clip)
@@ -360,6 +370,7 @@ def test_score_only(tmp_path, clip, bench, capsys):
     assert main(["eval", bench, "--data", str(data), "--out", str(tmp_path / "out"), "--score-only", str(given)]) == 0
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["overall"] == pytest.approx(expected)
+    assert set(summary["by"]) == BY[bench]  # a grouping equal to the task one is listed once
     rows = [json.loads(line) for line in (tmp_path / "out/predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == IDS[bench]
     assert (tmp_path / "out/accuracy.png").stat().st_size > 1000

@@ -217,7 +217,7 @@ def run_eval(
             writer.append(row)
             if row["error"]:
                 errors += 1
-                bar.write(f"warning: {q.id}: {row['error']}")
+                bar.write(f"warning: {q.id}: {row['error']}", file=sys.stderr)
             bar.update(1)
     shard.barrier()
     if not shard.main:

@@ -31,6 +31,10 @@ def _found(extracted: Any) -> bool:
     return isinstance(extracted, list) or (isinstance(extracted, str) and len(extracted) == 1 and extracted.isupper())
 
 
+def _values(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
 def summarize(bench: Benchmark, rows: list[dict], questions: int, settings: dict[str, Any]) -> dict[str, Any]:
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -40,6 +44,10 @@ def summarize(bench: Benchmark, rows: list[dict], questions: int, settings: dict
                 continue
             for v in value if isinstance(value, list) else [value]:  # LVBench: several types per question
                 groups[key][str(v)].append(r)
+    for key in [k for k in groups if k != "task"]:  # Video-MME's task_type, LongVideoBench's category: once
+        if all(len(v) == 1 and (r.get("task") or "") == v[0] for r in rows
+               for v in [_values((r.get("groups") or {}).get(key))]):
+            del groups[key]
     errors: dict[str, int] = defaultdict(int)
     for r in rows:
         if r.get("error_kind"):
