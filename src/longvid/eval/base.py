@@ -8,6 +8,7 @@ runner (runner.py) does everything else the same way for all of them.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,13 @@ def need(item: Any, keys: tuple[str, ...], where: str) -> None:
 
 def letters(n: int) -> str:
     return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once (a reader or a crash sees the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputError, LongvidError
 from ..niah.records import RecordWriter, read_records
-from .base import Benchmark, Question
+from .base import Benchmark, Question, write_atomic
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -101,15 +100,6 @@ def check_run(out: Path, settings: dict[str, Any], shard: Shard) -> None:
             raise ConfigError(f"--out {out} holds a run with other settings ({', '.join(diff)}); use another --out")
     elif shard.main:
         write_atomic(path, json.dumps(mine, indent=2))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def make_row(

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .base import Benchmark
+from .base import Benchmark, write_atomic
 from .charades import THRESHOLDS
 
 
@@ -82,8 +82,6 @@ def summarize(bench: Benchmark, rows: list[dict], questions: int, settings: dict
 
 
 def write_outputs(out: Path, summary: dict[str, Any]) -> None:
-    from .runner import write_atomic
-
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     plot(summary, out / "accuracy.png")
 
