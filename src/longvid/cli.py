@@ -39,6 +39,7 @@ from .niah.commands import niah
 from .options import GenerationOptions, SamplingOptions, check_device
 from .serve.commands import serve
 from .train.commands import merge_lora, train
+from .web.commands import web
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Understand hour-long videos with multimodal LLMs.")
@@ -215,7 +216,8 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the 
 
 
 # The subsystems' commands: each module keeps its heavy imports inside the command function.
-SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah, "eval": eval_command}
+SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah, "eval": eval_command,
+                      "web": web}
 for _name, _command in SUBSYSTEM_COMMANDS.items():
     app.command(_name)(_command)
 
