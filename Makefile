@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench lint fmt clean check-no-torchvision
+.PHONY: setup demo test bench lint fmt clean check-no-torchvision browser-setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,19 @@ check-no-torchvision:
 demo: $(STAMP)
 	$(VENV)/bin/longvid demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) browser-setup
 	$(PY) -m pytest -q
+
+# Debian's Chromium for the `browser` tests (Playwright drives it; no browser is downloaded). Installed when
+# missing and apt can run (root, or passwordless sudo); otherwise the browser tests skip and say why.
+browser-setup:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "browser-setup: cannot install chromium here (no apt-get or no root); browser tests will skip"; \
+	  else echo "browser-setup: installing chromium (apt)"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null || \
+	    echo "browser-setup: apt-get install chromium failed; browser tests will skip"; fi; }
 
 # ruff settings live in pyproject.toml ([tool.ruff]); `make fmt` rewrites files, `make lint` only checks
 LINT_PATHS := src tests benchmarks

@@ -222,3 +222,23 @@ def test_cli_refuses_a_bad_media_root_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --media-root {tmp_path / 'none'}: not a folder"
+
+
+def test_video_xl_offers_its_beacon_ratio(tmp_path, short_video):
+    from longvid.tiny import make_tiny_video_xl
+    from longvid.web.app import WebSettings, create_app
+
+    app = create_app(WebSettings(str(make_tiny_video_xl(tmp_path / "vxl")), max_new_tokens=4))
+    with TestClient(app) as c:
+        assert c.get("/api/config").json()["compression"] == {"enable_beacon": True, "beacon_ratio": [2, 4, 8]}
+        upload(c, "x", short_video.read_bytes())
+        kv = {r: c.post("/api/plan", json={"tab": "x", "settings": {"beacon_ratio": [r]}}).json()["budget"]
+              for r in (2, 8)}
+        assert (kv[2]["kv_per_frame"], kv[8]["kv_per_frame"]) == (8.0, 2.0)  # 16 tokens per frame / ratio
+        assert kv[2]["visual_tokens"] == kv[8]["visual_tokens"] == 40 * 16
+        bad = c.post("/api/plan", json={"tab": "x", "settings": {"beacon_ratio": [0]}}).json()
+        assert bad == {"error": "error: beacon_ratio must be a list of positive integers, got [0]"}
+        ready = events(c, "/api/encode", {"tab": "x", "settings": {"beacon_ratio": [8]}})[-1]
+        assert ready["info"]["visual_tokens"] == 640
+        done = events(c, "/api/ask", {"tab": "x", "question": "What is it?"})[-1]
+        assert done["budget"]["kv_per_frame"] == 2.0 and done["completion_tokens"] == 4

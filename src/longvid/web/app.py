@@ -52,7 +52,8 @@ PAGE = Path(__file__).with_name("page.html")
 # the `--set` keys of each family's compression, as the page offers them (ToMe's 16 tokens per frame are
 # fixed by the released `tome16_mlp_hd64` projector: shown, not settable)
 COMPRESSION_KEYS = {
-    "videochat_flash": ("mm_llm_compress", "llm_compress_type", "llm_compress_layer_list", "llm_image_token_ratio_list"),
+    "videochat_flash": ("mm_llm_compress", "llm_compress_type", "llm_compress_layer_list",
+                        "llm_image_token_ratio_list"),
     "video_xl": ("enable_beacon", "beacon_ratio"),
 }
 MAX_VARIANTS = 2  # models with other compression settings kept loaded beside the base model
@@ -363,7 +364,8 @@ def create_app(settings: WebSettings) -> FastAPI:
     @app.get("/api/config")
     def config() -> dict[str, Any]:
         m = state.base
-        return {"model": m.name, "family": m.family, "compression": state.compression(),
+        name = Path(m.name).name if Path(m.name).is_dir() else m.name  # a folder: its name, not our disk's layout
+        return {"model": name, "family": m.family, "compression": state.compression(),
                 "compressors": [c.describe() for c in m.compressors], "files": files(),
                 "limits": {"max_upload_bytes": settings.media.max_bytes, "max_pixels": MAX_VIDEO_PIXELS,
                            "frame_limit": settings.frame_limit}}
