@@ -68,20 +68,38 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def page(chromium, server):
+def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
         try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 860})
-            tab.set_default_timeout(30_000)
-            tab.goto(server)
-            tab.wait_for_selector("body[data-ready='1']")
-            yield tab
+            yield browser
         finally:
             browser.close()
+
+
+def open_tab(browser, url: str):
+    tab = browser.new_page(viewport={"width": 1280, "height": 860})
+    tab.set_default_timeout(30_000)
+    tab.goto(url)
+    tab.wait_for_selector("body[data-ready='1']")
+    return tab
+
+
+@pytest.fixture
+def page(browser, server):
+    return open_tab(browser, server)
+
+
+def ask(tab, question: str, n: int) -> str:
+    """Ask the `n`-th question in this tab; the text of its streamed answer once it is done."""
+    tab.fill("#question", question)
+    tab.click("#ask")
+    answer = tab.locator(f".msg.assistant:nth-of-type({2 * n})[data-done='1']")
+    answer.wait_for()
+    return answer.locator(".timings").inner_text()
 
 
 def test_upload_ask_twice_see_frames_and_timings(page, short_video, tmp_path):
@@ -94,12 +112,9 @@ def test_upload_ask_twice_see_frames_and_timings(page, short_video, tmp_path):
     assert "64×48" in info and "4.00 s (40 frames at 10.000 fps)" in info and "h264" in info
     assert "visual tokens\t128" in info and "8 frames" in info  # fps 2 over 4 s, before anything is decoded
 
-    answers = []
     for n, question in enumerate(["What shape is shown?", "What colour is it?"], 1):
-        page.fill("#question", question)
-        page.click("#ask")
-        page.wait_for_selector(f".msg.assistant:nth-of-type({2 * n})[data-done='1']")
-        answers.append(page.locator(".msg.assistant").nth(n - 1))
+        ask(page, question, n)
+    answers = page.locator(".msg.assistant").all()
     texts = [a.locator("span").inner_text() for a in answers]
     assert all(texts), texts
     timings = [a.locator(".timings").inner_text() for a in answers]
@@ -134,3 +149,20 @@ def test_corrupt_file_shows_one_error_line(page, tmp_path):
     error = page.inner_text("#error")
     assert error.startswith("error: broken.mp4: not a readable video"), error
     assert "\n" not in error and "Traceback" not in page.content()
+
+
+def test_two_tabs_keep_their_own_chats(browser, server):
+    """Two tabs of one browser on the example video: each has its own history on the server."""
+    first, second = open_tab(browser, server), open_tab(browser, server)
+    for tab in (first, second):
+        tab.fill("#max_frames", "8")
+        tab.fill("#fps", "0.2")
+        tab.dispatch_event("#fps", "change")
+        tab.wait_for_function("document.querySelector('#info').innerText.includes('fps: 8 frames')")
+    one = ask(first, "What shape is shown?", 1)
+    two = ask(first, "What colour is it?", 2)
+    other = ask(second, "What shape is shown?", 1)
+    tokens = [int(t.split(" visual + ")[1].split(" text")[0]) for t in (one, two, other)]
+    assert tokens[1] > tokens[0] == tokens[2]  # the second tab's first question carries no history
+    assert second.locator(".msg.user").all_inner_texts() == ["What shape is shown?"]
+    assert first.locator(".msg.user").all_inner_texts() == ["What shape is shown?", "What colour is it?"]

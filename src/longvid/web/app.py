@@ -56,7 +56,7 @@ COMPRESSION_KEYS = {
                         "llm_image_token_ratio_list"),
     "video_xl": ("enable_beacon", "beacon_ratio"),
 }
-MAX_VARIANTS = 2  # models with other compression settings kept loaded beside the base model
+MAX_VARIANTS = 1  # models with other compression settings kept loaded beside the base model (each is a copy)
 MAX_TABS = 32  # browser tabs with a video; the least recently used one is forgotten
 MAX_THUMBS = 64  # frames shown in the strip (evenly spread over the plan)
 THUMB_HEIGHT = 72
@@ -209,7 +209,6 @@ class WebState:
             Pipeline(model).plan(video, options, self.settings.frame_limit)  # refuse too many frames first
             report = video_report(video, model, options).to_dict()
         report["video"]["source"] = name
-        report["model"]["tome"] = next((c.describe() for c in model.compressors if "tome" in c.describe()), None)
         return report
 
     def encode(self, tab_id: str, sampling: dict, settings: dict, emit: Callable[[dict], None]) -> None:
@@ -354,8 +353,8 @@ def create_app(settings: WebSettings) -> FastAPI:
         root = settings.media.root
         if root is None:
             return []
-        found = (p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("."))
-        return [str(p.relative_to(root)) for _, p in zip(range(500), found)]
+        found = (p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(str(p.relative_to(root)) for _, p in zip(range(500), found))  # a huge root: the first 500
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
