@@ -81,7 +81,6 @@ class Tab:
     media: Media | None = None
     name: str = ""
     session: ChatSession | None = None
-    key: str = ""  # sampling + settings the session was encoded with
 
 
 class WatchedVideo(Video):
@@ -186,7 +185,7 @@ class WebState:
         tab = self.tab(tab_id, create=True)
         if tab.media is not None and tab.media.temp != media.temp:
             tab.media.cleanup()
-        tab.media, tab.name, tab.session, tab.key = media, name, None, ""
+        tab.media, tab.name, tab.session = media, name, None
         return report
 
     def example(self) -> Path:
