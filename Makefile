@@ -25,7 +25,7 @@ check-no-torchvision:
 demo: $(STAMP)
 	$(VENV)/bin/longvid demo --out out/demo
 
-test: $(STAMP) browser-setup
+test: $(STAMP) browser-setup lint
 	$(PY) -m pytest -q
 
 # Debian's Chromium for the `browser` tests (Playwright drives it; no browser is downloaded). Installed when

@@ -39,11 +39,27 @@ def main() -> None:
     for col in ("compression", "1st question (s)", "2nd question (s)", "3rd question (s)", "2nd / 1st"):
         table.add_column(col, justify="right")
     results = []
-    for name, overrides in (("ToMe only", {}),
-                            ("ToMe + uniform drop", {"mm_llm_compress": True, "llm_compress_type": "uniform",
-                                                     "llm_compress_layer_list": [2], "llm_image_token_ratio_list": [1, 0.5]}),
-                            ("ToMe + attention drop", {"mm_llm_compress": True, "llm_compress_type": "attention",
-                                                       "llm_compress_layer_list": [2], "llm_image_token_ratio_list": [1, 0.5]})):
+    for name, overrides in (
+        ("ToMe only", {}),
+        (
+            "ToMe + uniform drop",
+            {
+                "mm_llm_compress": True,
+                "llm_compress_type": "uniform",
+                "llm_compress_layer_list": [2],
+                "llm_image_token_ratio_list": [1, 0.5],
+            },
+        ),
+        (
+            "ToMe + attention drop",
+            {
+                "mm_llm_compress": True,
+                "llm_compress_type": "attention",
+                "llm_compress_layer_list": [2],
+                "llm_image_token_ratio_list": [1, 0.5],
+            },
+        ),
+    ):
         model = longvid.load(args.model, overrides=overrides)
         gen = {"max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.0}
         times = []

@@ -25,10 +25,29 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "What happens in the video?"
 LONG_CONTEXT = 1 << 20
-SEVEN_B = dict(vocab_size=152064, hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944,
-               vision_dim=1024, drop_parity_tower=True)  # no parity_vision_tower: the release's UMT-L 448
-TINY = dict(vocab_size=1000, hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128, vision_dim=64,
-            image_size=448, patch=16, vision_depth=2, vision_heads=4)
+SEVEN_B = dict(
+    vocab_size=152064,
+    hidden=3584,
+    layers=28,
+    heads=28,
+    kv_heads=4,
+    intermediate=18944,
+    vision_dim=1024,
+    drop_parity_tower=True,
+)  # no parity_vision_tower: the release's UMT-L 448
+TINY = dict(
+    vocab_size=1000,
+    hidden=64,
+    layers=4,
+    heads=4,
+    kv_heads=2,
+    intermediate=128,
+    vision_dim=64,
+    image_size=448,
+    patch=16,
+    vision_depth=2,
+    vision_heads=4,
+)
 
 
 def config(tiny: bool) -> dict:
@@ -37,8 +56,13 @@ def config(tiny: bool) -> dict:
     sizes = dict(TINY if tiny else SEVEN_B)
     vocab = sizes.pop("vocab_size")
     drop = sizes.pop("drop_parity_tower", False)
-    cfg = tiny_videochat_flash_config(vocab, max_position_embeddings=LONG_CONTEXT,
-                                      tokenizer_model_max_length=LONG_CONTEXT, torch_dtype="bfloat16", **sizes)
+    cfg = tiny_videochat_flash_config(
+        vocab,
+        max_position_embeddings=LONG_CONTEXT,
+        tokenizer_model_max_length=LONG_CONTEXT,
+        torch_dtype="bfloat16",
+        **sizes,
+    )
     if drop:
         cfg.pop("parity_vision_tower")
     return cfg
@@ -102,9 +126,15 @@ def measure(m, video, frames: int, new_tokens: int, device: str) -> dict:
         sync()
         end = time.perf_counter()
     n_visual = int(visual.shape[0])
-    out = {"frames": frames, "visual_tokens": n_visual, "prompt_tokens": len(ids) - 1 + n_visual,
-           "encode_s": encoded - start, "prefill_s": first - encoded, "ttft_s": first - start,
-           "tokens_per_s": new_tokens / (end - first)}
+    out = {
+        "frames": frames,
+        "visual_tokens": n_visual,
+        "prompt_tokens": len(ids) - 1 + n_visual,
+        "encode_s": encoded - start,
+        "prefill_s": first - encoded,
+        "ttft_s": first - start,
+        "tokens_per_s": new_tokens / (end - first),
+    }
     if device.startswith("cuda"):
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del cache, visual
@@ -123,8 +153,10 @@ def main() -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: no CUDA device here; this benchmark needs a GPU (or check the code path with "
-              "--tiny --device cpu)", file=sys.stderr)
+        print(
+            "error: no CUDA device here; this benchmark needs a GPU (or check the code path with --tiny --device cpu)",
+            file=sys.stderr,
+        )
         return 2
     cfg = config(args.tiny)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +166,10 @@ def main() -> int:
     params = sum(p.numel() for p in m.model.parameters())
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if args.device.startswith("cuda") else None
-    print(f"{'tiny' if args.tiny else '7B-shaped'} VideoChat-Flash, {params / 1e9:.2f} B parameters, {args.dtype}, "
-          f"on {device_name} (built in {built:.0f} s)")
+    print(
+        f"{'tiny' if args.tiny else '7B-shaped'} VideoChat-Flash, {params / 1e9:.2f} B parameters, {args.dtype}, "
+        f"on {device_name} (built in {built:.0f} s)"
+    )
     video = synthetic_video(m.config.vision.image_size)
     header = f"{'frames':>7} {'visual':>8} {'encode s':>9} {'prefill s':>9} {'TTFT s':>8} {'tok/s':>7} {'peak GiB':>9}"
     print(header + "\n" + "-" * len(header), flush=True)
@@ -150,14 +184,24 @@ def main() -> int:
         if "error" in r:
             print(f"{frames:>7,} {r['error']}", flush=True)
             continue
-        print(f"{frames:>7,} {r['visual_tokens']:>8,} {r['encode_s']:>9.1f} {r['prefill_s']:>9.1f} {r['ttft_s']:>8.1f} "
-              f"{r['tokens_per_s']:>7.1f} {r.get('peak_gpu_gib', float('nan')):>9.1f}", flush=True)
+        print(
+            f"{frames:>7,} {r['visual_tokens']:>8,} {r['encode_s']:>9.1f} {r['prefill_s']:>9.1f} {r['ttft_s']:>8.1f} "
+            f"{r['tokens_per_s']:>7.1f} {r.get('peak_gpu_gib', float('nan')):>9.1f}",
+            flush=True,
+        )
     fits_80 = [r["frames"] for r in rows if "peak_gpu_gib" in r and r["peak_gpu_gib"] <= 80]
-    result = {"model": "tiny" if args.tiny else "7B-shaped (Qwen2-7B + UMT-L 448)", "parameters": params,
-              "dtype": args.dtype, "device": device_name, "device_memory_gib": total_gib,
-              "new_tokens": args.new_tokens, "torch": torch.__version__, "rows": rows,
-              "fits_in_80_gib": fits_80 if args.device.startswith("cuda") else None,
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "model": "tiny" if args.tiny else "7B-shaped (Qwen2-7B + UMT-L 448)",
+        "parameters": params,
+        "dtype": args.dtype,
+        "device": device_name,
+        "device_memory_gib": total_gib,
+        "new_tokens": args.new_tokens,
+        "torch": torch.__version__,
+        "rows": rows,
+        "fits_in_80_gib": fits_80 if args.device.startswith("cuda") else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("gpu_scaling_tiny.json" if args.tiny else "gpu_scaling.json")
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -58,15 +58,22 @@ def child(tokens: int, frames: int, threads: int) -> None:
         logits = model.prefill(ids, visual.tokens, cache)
     seconds = time.perf_counter() - start
     cfg = model.config.llm
-    print(json.dumps({
-        "question_tokens": len(ids) - ids.index(-200) - 1, "prompt_tokens": len(ids) - 1 + visual.tokens.shape[0],
-        "visual_tokens": visual.tokens.shape[0], "prefill_s": seconds, "rss_before_prefill_mb": before / 1024,
-        "peak_rss_mb": rss_kb(field="VmHWM") / 1024,
-        "process_peak_rss_mb": max(setup_peak, rss_kb(field="VmHWM")) / 1024,
-        "kv_cache_mb": cache.nbytes() / 2**20,
-        "kv_bytes_per_token": model.kv_bytes_per_token() * cfg.num_hidden_layers,
-        "finite": bool(logits.isfinite().all()),
-    }))
+    print(
+        json.dumps(
+            {
+                "question_tokens": len(ids) - ids.index(-200) - 1,
+                "prompt_tokens": len(ids) - 1 + visual.tokens.shape[0],
+                "visual_tokens": visual.tokens.shape[0],
+                "prefill_s": seconds,
+                "rss_before_prefill_mb": before / 1024,
+                "peak_rss_mb": rss_kb(field="VmHWM") / 1024,
+                "process_peak_rss_mb": max(setup_peak, rss_kb(field="VmHWM")) / 1024,
+                "kv_cache_mb": cache.nbytes() / 2**20,
+                "kv_bytes_per_token": model.kv_bytes_per_token() * cfg.num_hidden_layers,
+                "finite": bool(logits.isfinite().all()),
+            }
+        )
+    )
 
 
 def run_case(src: Path, tokens: int, frames: int, threads: int, kill_gb: float, timeout: float) -> dict:
@@ -89,24 +96,40 @@ def run_case(src: Path, tokens: int, frames: int, threads: int, kill_gb: float, 
         time.sleep(0.1)
     out, err = proc.communicate()
     if why or proc.returncode:
-        return {"question_tokens": tokens, "failed": why or err.strip().splitlines()[-1][:200],
-                "observed_peak_rss_mb": peak / 1024, "wall_s": time.monotonic() - start}
+        return {
+            "question_tokens": tokens,
+            "failed": why or err.strip().splitlines()[-1][:200],
+            "observed_peak_rss_mb": peak / 1024,
+            "wall_s": time.monotonic() - start,
+        }
     return json.loads(out.strip().splitlines()[-1])
 
 
 def machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") *
-            os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def git_commit(src: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
     return proc.stdout.strip() or "unknown"
 
 
@@ -142,28 +165,51 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Prefill of a long question after a {args.frames}-frame video, bundled tiny model "
-                        f"({args.label}, {args.threads} threads)")
+    table = Table(
+        title=f"Prefill of a long question after a {args.frames}-frame video, bundled tiny model "
+        f"({args.label}, {args.threads} threads)"
+    )
     for col in ("question tokens", "prefill s", "peak RSS MB", "KV cache MB", "RSS B/token", "KV B/token", "note"):
         table.add_column(col, justify="right")
     for r in rows:
         if "failed" in r:
-            table.add_row(str(r["question_tokens"]), f"> {r['wall_s']:.0f}", f"> {r['observed_peak_rss_mb']:.0f}",
-                          "", "", "", r["failed"])
+            table.add_row(
+                str(r["question_tokens"]),
+                f"> {r['wall_s']:.0f}",
+                f"> {r['observed_peak_rss_mb']:.0f}",
+                "",
+                "",
+                "",
+                r["failed"],
+            )
             continue
         per_token = f"{r['bytes_per_token']:.0f}" if "bytes_per_token" in r else "-"
-        table.add_row(str(r["question_tokens"]), f"{r['prefill_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['kv_cache_mb']:.0f}", per_token, str(r["kv_bytes_per_token"]), "")
+        table.add_row(
+            str(r["question_tokens"]),
+            f"{r['prefill_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['kv_cache_mb']:.0f}",
+            per_token,
+            str(r["kv_bytes_per_token"]),
+            "",
+        )
     Console(width=150).print(table)
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["model"] = "bundled tiny model (src/longvid/assets/tiny_model)"
-    results["peak_rss"] = ("VmHWM of a fresh process per case, reset just before the prefill (so it includes the "
-                           "loaded model and the encoded video); bytes_per_token: peak growth per question token "
-                           "beyond the smallest case, to compare with kv_bytes_per_token")
+    results["peak_rss"] = (
+        "VmHWM of a fresh process per case, reset just before the prefill (so it includes the "
+        "loaded model and the encoded video); bytes_per_token: peak growth per question token "
+        "beyond the smallest case, to compare with kv_bytes_per_token"
+    )
     results["machine"] = machine()
-    settings = {"frames": args.frames, "question_tokens": args.tokens, "threads": args.threads,
-                "kill_gb": args.kill_gb, "timeout_s": args.timeout}
+    settings = {
+        "frames": args.frames,
+        "question_tokens": args.tokens,
+        "threads": args.threads,
+        "kill_gb": args.kill_gb,
+        "timeout_s": args.timeout,
+    }
     results.setdefault("runs", {})[args.label] = {"commit": git_commit(args.src), "settings": settings, "cases": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

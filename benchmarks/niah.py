@@ -43,8 +43,11 @@ def run_part(model, name: str, settings, out: Path) -> dict:
 
     t0 = time.perf_counter()
     summary = run_niah(model, settings, out / name, progress=sys.stderr.isatty())
-    return {"summary": summary, "by_kind": by_kind(out / name / "trials.jsonl"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "summary": summary,
+        "by_kind": by_kind(out / name / "trials.jsonl"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def table(results: dict) -> str:
@@ -52,29 +55,43 @@ def table(results: dict) -> str:
     single = [p for p in ("pixel", "embedding") if p in results["parts"]]
     if single:
         frames = list(results["parts"][single[0]]["summary"]["by_frames"])
-        lines += ["| level | question | " + " | ".join(f"{f} frames" for f in frames) + " |",
-                  "|---|---|" + "---|" * len(frames)]
+        lines += [
+            "| level | question | " + " | ".join(f"{f} frames" for f in frames) + " |",
+            "|---|---|" + "---|" * len(frames),
+        ]
         for part in single:
             p = results["parts"][part]
-            lines.append(f"| {part} | all | " + " | ".join(f"{p['summary']['by_frames'][f]['accuracy']:.0%}"
-                                                         for f in frames) + " |")
+            lines.append(
+                f"| {part} | all | "
+                + " | ".join(f"{p['summary']['by_frames'][f]['accuracy']:.0%}" for f in frames)
+                + " |"
+            )
             for kind in ("shape", "color"):
-                lines.append(f"| {part} | {kind} | " + " | ".join(
-                    f"{p['by_kind'].get(f, {}).get(kind, float('nan')):.0%}" for f in frames) + " |")
+                lines.append(
+                    f"| {part} | {kind} | "
+                    + " | ".join(f"{p['by_kind'].get(f, {}).get(kind, float('nan')):.0%}" for f in frames)
+                    + " |"
+                )
         depth_rows = results["parts"][single[0]]["summary"]["cells"]
         worst = min(depth_rows, key=lambda c: c["accuracy"])
         lines.append("")
-        lines.append(f"Worst single cell ({single[0]}): {worst['accuracy']:.0%} at {worst['frames']} frames, "
-                     f"depth {worst['depth']}.")
+        lines.append(
+            f"Worst single cell ({single[0]}): {worst['accuracy']:.0%} at {worst['frames']} frames, "
+            f"depth {worst['depth']}."
+        )
     if "multihop" in results["parts"]:
         m = results["parts"]["multihop"]["summary"]
-        lines.append(f"Multi-hop ({results['settings']['hops']} cards, {results['settings']['multihop_frames']} "
-                     f"frames, {m['trials']} chains): {m['both_correct']:.0%} of chains fully right, "
-                     f"{m['accuracy']:.0%} of questions.")
+        lines.append(
+            f"Multi-hop ({results['settings']['hops']} cards, {results['settings']['multihop_frames']} "
+            f"frames, {m['trials']} chains): {m['both_correct']:.0%} of chains fully right, "
+            f"{m['accuracy']:.0%} of questions."
+        )
     s = results["settings"]
     lines.append("")
-    lines.append(f"Seed {s['seed']}, {s['trials']} needles per cell, depths {s['depths']}, official letter scoring "
-                 f"(teacher-forced); {results['machine']}; written by `benchmarks/niah.py`.")
+    lines.append(
+        f"Seed {s['seed']}, {s['trials']} needles per cell, depths {s['depths']}, official letter scoring "
+        f"(teacher-forced); {results['machine']}; written by `benchmarks/niah.py`."
+    )
     return "\n".join(lines)
 
 
@@ -117,11 +134,20 @@ def main() -> int:
             settings = NiahSettings(frames=[args.multihop_frames], hops=args.hops, trials=args.chains, seed=args.seed)
         parts[part] = run_part(model, part, settings, out)
         print(f"{part}: {parts[part]['summary']['accuracy']:.1%} ({parts[part]['seconds']} s)", flush=True)
-    results = {"parts": parts, "settings": {"seed": args.seed, "trials": args.trials, "depths": depths,
-                                            "frames": frames, "hops": args.hops,
-                                            "multihop_frames": args.multihop_frames, "model": args.model or "bundled"},
-               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
-                          f"{platform.python_version()}, torch {torch.__version__}"}
+    results = {
+        "parts": parts,
+        "settings": {
+            "seed": args.seed,
+            "trials": args.trials,
+            "depths": depths,
+            "frames": frames,
+            "hops": args.hops,
+            "multihop_frames": args.multihop_frames,
+            "model": args.model or "bundled",
+        },
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
+        f"{platform.python_version()}, torch {torch.__version__}",
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "niah.json").write_text(json.dumps(results, indent=1))
     print(table(results))

@@ -1,8 +1,8 @@
 """Run every benchmark (or the ones named) and print their tables.
 
-    python benchmarks/run.py                 # all
-    python benchmarks/run.py chat_latency    # one
-    python benchmarks/run.py gpu_scaling     # not in the default list: it needs a CUDA device
+python benchmarks/run.py                 # all
+python benchmarks/run.py chat_latency    # one
+python benchmarks/run.py gpu_scaling     # not in the default list: it needs a CUDA device
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 # gpu_scaling: by name, on a GPU
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah",
-              "eval_throughput"]
+BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah", "eval_throughput"]
 ARGS = {"scaling": ["--quick"]}  # the full scaling run takes hours on a small CPU machine: run it by hand
 
 

@@ -47,11 +47,16 @@ CONFIGS = {
     "hico_drop": "(b) ToMe + uniform0_attention [1, 0.75, 0.25]",
     "video_xl": "(c) Video-XL beacon x8",
 }
-DROP = {"mm_llm_compress": True, "llm_compress_type": "uniform0_attention", "llm_compress_layer_list": [1, 2],
-        "llm_image_token_ratio_list": [1.0, 0.75, 0.25]}
+DROP = {
+    "mm_llm_compress": True,
+    "llm_compress_type": "uniform0_attention",
+    "llm_compress_layer_list": [1, 2],
+    "llm_image_token_ratio_list": [1.0, 0.75, 0.25],
+}
 LONG_CONTEXT = 1 << 20  # positions: 10,000 frames of every patch token must fit the tiny models' configs
-FULL = dict(minutes=180, frames=[256, 1000, 2000, 5000, 10_000], sampling=[256, 512, 1000, 2000, 5000, 10_000],
-            hico=[256, 1000])
+FULL = dict(
+    minutes=180, frames=[256, 1000, 2000, 5000, 10_000], sampling=[256, 512, 1000, 2000, 5000, 10_000], hico=[256, 1000]
+)
 QUICK = dict(minutes=30, frames=[128, 512, 1000], sampling=[256, 512, 1000, 2000], hico=[16, 64])
 
 
@@ -84,8 +89,13 @@ def make_video(work: Path, minutes: int) -> Path:
         stream = out.add_stream("libx264", rate=Fraction(fps))
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": VIDEO["preset"], "crf": str(VIDEO["crf"]), "g": str(VIDEO["gop"]),
-                          "bf": str(VIDEO["bframes"]), "sc_threshold": "0"}
+        stream.options = {
+            "preset": VIDEO["preset"],
+            "crf": str(VIDEO["crf"]),
+            "g": str(VIDEO["gop"]),
+            "bf": str(VIDEO["bframes"]),
+            "sc_threshold": "0",
+        }
         for i in range(minutes * 60 * fps):
             y[:] = base
             x = (i // 5) % (size - 40)  # a square drifting 1 px every 5 frames
@@ -94,26 +104,56 @@ def make_video(work: Path, minutes: int) -> Path:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))
         out.mux(stream.encode())
     tmp.rename(path)
-    print(f"wrote {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {minutes * 60 * fps:,} frames) in "
-          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    print(
+        f"wrote {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {minutes * 60 * fps:,} frames) in "
+        f"{time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return path
 
 
 def make_models(work: Path) -> dict[str, Path]:
     """Tiny random checkpoints shaped like the parity fixtures (cached)."""
-    from longvid.tiny import make_tiny_video_xl
-    from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
+    from longvid.tiny import make_checkpoint, make_tiny_video_xl, tiny_videochat_flash_config
 
     vcf, vxl = work / "videochat_flash_tiny_448", work / "video_xl_tiny_r8"
     if not (vcf / "config.json").exists():
-        cfg = tiny_videochat_flash_config(1000, hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128,
-                                          image_size=448, patch=16, vision_dim=64, vision_depth=3, vision_heads=4,
-                                          max_position_embeddings=LONG_CONTEXT, tokenizer_model_max_length=LONG_CONTEXT)
+        cfg = tiny_videochat_flash_config(
+            1000,
+            hidden=64,
+            layers=4,
+            heads=4,
+            kv_heads=2,
+            intermediate=128,
+            image_size=448,
+            patch=16,
+            vision_dim=64,
+            vision_depth=3,
+            vision_heads=4,
+            max_position_embeddings=LONG_CONTEXT,
+            tokenizer_model_max_length=LONG_CONTEXT,
+        )
         make_checkpoint(vcf, cfg, seed=0)
     if not (vxl / "config.json").exists():
-        make_tiny_video_xl(vxl, seed=0, vocab_size=1000, hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128,
-                           image_size=112, patch=14, vision_dim=48, vision_layers=3, window=80, ratios=[8],
-                           max_position_embeddings=LONG_CONTEXT, tokenizer_model_max_length=LONG_CONTEXT)
+        make_tiny_video_xl(
+            vxl,
+            seed=0,
+            vocab_size=1000,
+            hidden=64,
+            layers=4,
+            heads=4,
+            kv_heads=2,
+            intermediate=128,
+            image_size=112,
+            patch=14,
+            vision_dim=48,
+            vision_layers=3,
+            window=80,
+            ratios=[8],
+            max_position_embeddings=LONG_CONTEXT,
+            tokenizer_model_max_length=LONG_CONTEXT,
+        )
     return {"hico": vcf, "hico_drop": vcf, "video_xl": vxl}
 
 
@@ -175,10 +215,18 @@ def work_pipeline(video: str, ckpt: str, config: str, frames: int) -> dict:
     answer = m.answer(visual, QUESTION, max_new_tokens=1)
     ttft = time.perf_counter() - start
     t = answer.timings
-    return {"config": config, "frames": len(plan), "visual_tokens": answer.num_visual_tokens,
-            "decode_s": t.get("decode", 0.0), "encode_s": t.get("encode", 0.0), "prefill_s": t.get("prefill", 0.0),
-            "ttft_s": ttft, "load_s": load_s, "peak_rss_mib": peak_rss_mib(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "config": config,
+        "frames": len(plan),
+        "visual_tokens": answer.num_visual_tokens,
+        "decode_s": t.get("decode", 0.0),
+        "encode_s": t.get("encode", 0.0),
+        "prefill_s": t.get("prefill", 0.0),
+        "ttft_s": ttft,
+        "load_s": load_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def work_hico(video: str, ckpt: str, frames: int, compress: bool) -> dict:
@@ -210,8 +258,14 @@ def work_hico(video: str, ckpt: str, frames: int, compress: bool) -> dict:
         logits = m.prefill(ids, visual, cache)
         int(logits.argmax())  # the first token
     end = time.perf_counter()
-    return {"frames": len(plan), "compress": compress, "visual_tokens": int(visual.shape[0]),
-            "prefill_s": end - encoded, "ttft_s": end - start, "peak_rss_mib": peak_rss_mib()}
+    return {
+        "frames": len(plan),
+        "compress": compress,
+        "visual_tokens": int(visual.shape[0]),
+        "prefill_s": end - encoded,
+        "ttft_s": end - start,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 TORCH_THREADS: int | None = None  # --torch-threads, passed to the workers
@@ -221,8 +275,9 @@ def run_worker(*args: str, timeout: float = 7200) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if TORCH_THREADS:
         env["LONGVID_BENCH_TORCH_THREADS"] = str(TORCH_THREADS)
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if proc.returncode:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": tail}
@@ -235,8 +290,9 @@ def ensure_ffmpeg() -> str | None:
     if shutil.which("ffmpeg") is None and shutil.which("apt-get"):
         sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
         print("installing ffmpeg with apt-get ...", file=sys.stderr, flush=True)
-        subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "ffmpeg"],
-                       capture_output=True)
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "ffmpeg"], capture_output=True
+        )
     return shutil.which("ffmpeg")
 
 
@@ -260,8 +316,25 @@ def ffmpeg_floor(ffmpeg: str, video: Path, indices: list[int], work: Path) -> di
     size = VIDEO["size"]
     script = work / f"select_{len(indices)}.txt"
     script.write_text(f"select='{select_expr(indices)}'")
-    cmd = [ffmpeg, "-v", "error", "-nostdin", "-threads", "0", "-i", str(video), "-filter_script:v", str(script),
-           "-vsync", "0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd = [
+        ffmpeg,
+        "-v",
+        "error",
+        "-nostdin",
+        "-threads",
+        "0",
+        "-i",
+        str(video),
+        "-filter_script:v",
+        str(script),
+        "-vsync",
+        "0",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     got = []
@@ -301,8 +374,13 @@ def targets(res: dict) -> list[dict]:
     for row in res["sampling"]:
         if row["frames"] in (512, 2000) and row.get("ffmpeg_s"):
             ratio = row["longvid_s"] / row["ffmpeg_s"]
-            out.append({"target": f"sampling {row['frames']:,} frames within 1.5x of the FFmpeg floor",
-                        "value": f"{ratio:.2f}x", "ok": ratio <= 1.5})
+            out.append(
+                {
+                    "target": f"sampling {row['frames']:,} frames within 1.5x of the FFmpeg floor",
+                    "value": f"{ratio:.2f}x",
+                    "ok": ratio <= 1.5,
+                }
+            )
     pipe = [r for r in res["pipeline"] if "error" not in r]
     for cfg in CONFIGS:
         rows = sorted((r for r in pipe if r["config"] == cfg), key=lambda r: r["frames"])
@@ -313,17 +391,32 @@ def targets(res: dict) -> list[dict]:
         if hi is lo:
             continue
         ratio = hi["peak_rss_mib"] / lo["peak_rss_mib"]
-        out.append({"target": f"{CONFIGS[cfg]}: peak RSS at {hi['frames']:,} frames <= 1.2x that at {lo['frames']:,}",
-                    "value": f"{ratio:.2f}x", "ok": ratio <= 1.2})
+        out.append(
+            {
+                "target": f"{CONFIGS[cfg]}: peak RSS at {hi['frames']:,} frames <= 1.2x that at {lo['frames']:,}",
+                "value": f"{ratio:.2f}x",
+                "ok": ratio <= 1.2,
+            }
+        )
         per = [r["prefill_s"] / r["visual_tokens"] * 1000 for r in (lo, hi)]
         ratio = per[1] / per[0]
-        out.append({"target": f"{CONFIGS[cfg]}: prefill s per 1k visual tokens flat (<= 1.5x) from "
-                              f"{lo['frames']:,} to {hi['frames']:,} frames",
-                    "value": f"{per[0]:.3f} -> {per[1]:.3f} s ({ratio:.2f}x)", "ok": ratio <= 1.5})
+        out.append(
+            {
+                "target": f"{CONFIGS[cfg]}: prefill s per 1k visual tokens flat (<= 1.5x) from "
+                f"{lo['frames']:,} to {hi['frames']:,} frames",
+                "value": f"{per[0]:.3f} -> {per[1]:.3f} s ({ratio:.2f}x)",
+                "ok": ratio <= 1.5,
+            }
+        )
     for row in res["hico"]:
         if "speedup" in row:
-            out.append({"target": f"HiCo >= 5x faster prefill than no clip compression ({row['frames']:,} frames)",
-                        "value": f"{row['speedup']:.1f}x", "ok": row["speedup"] >= 5})
+            out.append(
+                {
+                    "target": f"HiCo >= 5x faster prefill than no clip compression ({row['frames']:,} frames)",
+                    "value": f"{row['speedup']:.1f}x",
+                    "ok": row["speedup"] >= 5,
+                }
+            )
     return out
 
 
@@ -335,43 +428,67 @@ def markdown(res: dict) -> str:
     """The tables as markdown (README's Performance section is this text)."""
     s = res["setup"]
     shared = ", shared with other jobs" if s.get("shared") else ""
-    lines = [f"Measured by `python benchmarks/scaling.py{' --quick' if s['quick'] else ''}` on {s['machine']} "
-             f"({s['cores']} cores{shared}; torch threads: {s.get('torch_threads', 'default')}), {s['date']}, "
-             f"{s['wall_s'] / 60:.0f} min. Video: {s['video']}. Models: {s['models']}."]
+    lines = [
+        f"Measured by `python benchmarks/scaling.py{' --quick' if s['quick'] else ''}` on {s['machine']} "
+        f"({s['cores']} cores{shared}; torch threads: {s.get('torch_threads', 'default')}), {s['date']}, "
+        f"{s['wall_s'] / 60:.0f} min. Video: {s['video']}. Models: {s['models']}."
+    ]
     if s["quick"]:
-        lines.append("\nThis is the `--quick` run (a 30-minute video, up to 1,000 frames; targets compare the smallest "
-                     "and the largest frame count). The full run (a 3-hour video, up to 10,000 frames, and every "
-                     "patch token of 256 and 1,000 frames, i.e. 200k and 784k tokens, without clip compression) "
-                     "takes hours on this machine.")
-    lines += ["", "Sampling: the same frames read by longvid's reader, by the FFmpeg command line (the whole file "
-                  "decoded on every core, a `select` filter keeping the frames) and by a plain PyAV loop; every "
-                  "frame's index is read back from its pixels.", "",
-              "| frames | longvid s | wrong | FFmpeg CLI `-threads 0` s | wrong | longvid / FFmpeg "
-              "| PyAV full decode s | wrong |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            "\nThis is the `--quick` run (a 30-minute video, up to 1,000 frames; targets compare the smallest "
+            "and the largest frame count). The full run (a 3-hour video, up to 10,000 frames, and every "
+            "patch token of 256 and 1,000 frames, i.e. 200k and 784k tokens, without clip compression) "
+            "takes hours on this machine."
+        )
+    lines += [
+        "",
+        "Sampling: the same frames read by longvid's reader, by the FFmpeg command line (the whole file "
+        "decoded on every core, a `select` filter keeping the frames) and by a plain PyAV loop; every "
+        "frame's index is read back from its pixels.",
+        "",
+        "| frames | longvid s | wrong | FFmpeg CLI `-threads 0` s | wrong | longvid / FFmpeg "
+        "| PyAV full decode s | wrong |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["sampling"]:
         ratio = r["longvid_s"] / r["ffmpeg_s"] if r.get("ffmpeg_s") else None
-        lines.append(f"| {r['frames']:,} | {r['longvid_s']:.1f} | {r['longvid_wrong']} "
-                     f"| {fmt(r.get('ffmpeg_s'), '.1f')} | {fmt(r.get('ffmpeg_wrong'), 'd')} | {fmt(ratio)}x "
-                     f"| {fmt(r.get('pyav_s'), '.1f')} | {fmt(r.get('pyav_wrong'), 'd')} |")
-    lines += ["", "The pipeline, each configuration in a fresh process (decode s includes resizing and normalising "
-                  "the frames):", "",
-              "| frames | configuration | visual tokens | decode s | encode s | prefill s | prefill s / 1k tokens "
-              "| peak RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['frames']:,} | {r['longvid_s']:.1f} | {r['longvid_wrong']} "
+            f"| {fmt(r.get('ffmpeg_s'), '.1f')} | {fmt(r.get('ffmpeg_wrong'), 'd')} | {fmt(ratio)}x "
+            f"| {fmt(r.get('pyav_s'), '.1f')} | {fmt(r.get('pyav_wrong'), 'd')} |"
+        )
+    lines += [
+        "",
+        "The pipeline, each configuration in a fresh process (decode s includes resizing and normalising the frames):",
+        "",
+        "| frames | configuration | visual tokens | decode s | encode s | prefill s | prefill s / 1k tokens "
+        "| peak RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["pipeline"]:
         if "error" in r:
             lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | failed: {r['error']} | | | | | |")
             continue
         per_1k = r["prefill_s"] / r["visual_tokens"] * 1000
-        lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | {r['visual_tokens']:,} | {r['decode_s']:.1f} "
-                     f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {per_1k:.3f} | {r['peak_rss_mib']:.0f} |")
-    lines += ["", "HiCo: the same model fed ToMe's 16 tokens per frame or every patch token (784 per frame):", "",
-              "| frames | visual tokens, ToMe / all patches | prefill s, ToMe / all patches | speed-up "
-              "| time to first token s, ToMe / all patches |", "|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['frames']:,} | {CONFIGS[r['config']]} | {r['visual_tokens']:,} | {r['decode_s']:.1f} "
+            f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {per_1k:.3f} | {r['peak_rss_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        "HiCo: the same model fed ToMe's 16 tokens per frame or every patch token (784 per frame):",
+        "",
+        "| frames | visual tokens, ToMe / all patches | prefill s, ToMe / all patches | speed-up "
+        "| time to first token s, ToMe / all patches |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for r in res["hico"]:
         if "speedup" in r:
-            lines.append(f"| {r['frames']:,} | {r['tome_tokens']:,} / {r['all_tokens']:,} "
-                         f"| {r['tome_prefill_s']:.2f} / {r['all_prefill_s']:.2f} | {r['speedup']:.1f}x "
-                         f"| {r['tome_ttft_s']:.1f} / {r['all_ttft_s']:.1f} |")
+            lines.append(
+                f"| {r['frames']:,} | {r['tome_tokens']:,} / {r['all_tokens']:,} "
+                f"| {r['tome_prefill_s']:.2f} / {r['all_prefill_s']:.2f} | {r['speedup']:.1f}x "
+                f"| {r['tome_ttft_s']:.1f} / {r['all_ttft_s']:.1f} |"
+            )
     lines += ["", "| target (issue 14) | this run | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {'yes' if t['ok'] else 'no'} |" for t in res["targets"]]
     return "\n".join(lines) + "\n"
@@ -381,19 +498,26 @@ def gpu_markdown() -> str:
     """`benchmarks/gpu_scaling.py`'s results, or a line saying they do not exist yet."""
     path = RESULTS / "gpu_scaling.json"
     if not path.exists():
-        return ("GPU: `python benchmarks/gpu_scaling.py` (a random-weight 7B-shaped VideoChat-Flash in bf16 at "
-                "1,000 / 5,000 / 10,000 frames: time to first token, peak GPU memory, tokens/s) has not been run "
-                "yet: no GPU was available. Its code path is checked on the CPU with `--tiny --device cpu`.\n")
+        return (
+            "GPU: `python benchmarks/gpu_scaling.py` (a random-weight 7B-shaped VideoChat-Flash in bf16 at "
+            "1,000 / 5,000 / 10,000 frames: time to first token, peak GPU memory, tokens/s) has not been run "
+            "yet: no GPU was available. Its code path is checked on the CPU with `--tiny --device cpu`.\n"
+        )
     g = json.loads(path.read_text())
-    lines = [f"GPU: `python benchmarks/gpu_scaling.py`, {g['model']}, {g['dtype']}, on {g['device']}, {g['date']}:", "",
-             "| frames | visual tokens | time to first token s | prefill s | peak GPU GiB | tokens/s |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"GPU: `python benchmarks/gpu_scaling.py`, {g['model']}, {g['dtype']}, on {g['device']}, {g['date']}:",
+        "",
+        "| frames | visual tokens | time to first token s | prefill s | peak GPU GiB | tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in g["rows"]:
         if "error" in r:
             lines.append(f"| {r['frames']:,} | {r['error']} | | | | |")
         else:
-            lines.append(f"| {r['frames']:,} | {r['visual_tokens']:,} | {r['ttft_s']:.1f} | {r['prefill_s']:.1f} "
-                         f"| {r['peak_gpu_gib']:.1f} | {r['tokens_per_s']:.1f} |")
+            lines.append(
+                f"| {r['frames']:,} | {r['visual_tokens']:,} | {r['ttft_s']:.1f} | {r['prefill_s']:.1f} "
+                f"| {r['peak_gpu_gib']:.1f} | {r['tokens_per_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -418,8 +542,13 @@ def plot(res: dict, path: Path) -> None:
         x = [r["frames"] for r in samp]
         ax_t.plot(x, [r["ffmpeg_s"] for r in samp], "k:", label="FFmpeg CLI, whole file (the floor)")
         ax_t.plot(x, [r["longvid_s"] for r in samp], "k-.", label="longvid reader alone")
-    ax_t.set(xscale="log", yscale="log", xlabel="frames sampled", ylabel="seconds",
-             title="decode + encode + prefill (solid), prefill (dashed)")
+    ax_t.set(
+        xscale="log",
+        yscale="log",
+        xlabel="frames sampled",
+        ylabel="seconds",
+        title="decode + encode + prefill (solid), prefill (dashed)",
+    )
     ax_m.set(xscale="log", xlabel="frames sampled", ylabel="peak RSS (MiB)", title="peak memory")
     ax_m.set_ylim(bottom=0)
     ticks = sorted({r["frames"] for r in pipe} | {r["frames"] for r in samp})
@@ -436,13 +565,17 @@ def update_readme(md: str) -> None:
     """Replace the README's Performance section body (up to the next `## ` heading) with `md`."""
     readme = REPO / "README.md"
     text = readme.read_text()
-    body = ("Generated from `benchmarks/results/scaling.json` by `python benchmarks/scaling.py --readme`.\n\n" + md
-            + "\n![scaling](benchmarks/results/scaling.png)\n\n" + gpu_markdown())
+    body = (
+        "Generated from `benchmarks/results/scaling.json` by `python benchmarks/scaling.py --readme`.\n\n"
+        + md
+        + "\n![scaling](benchmarks/results/scaling.png)\n\n"
+        + gpu_markdown()
+    )
     section = "## Performance\n\n" + body + "\n"
     match = re.search(r"^## Performance\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     if match is None:  # a new section, before the Layout section
         match = re.search(r"^(?=## Layout\n)", text, flags=re.M) or re.search(r"\Z", text)
-    text = text[: match.start()] + section + text[match.end():]
+    text = text[: match.start()] + section + text[match.end() :]
     readme.write_text(text)
 
 
@@ -452,11 +585,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="30-minute video, 128 / 512 / 1,000 frames")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench_scaling", help="cached video and models")
     parser.add_argument("--frames", type=int, nargs="+", help="override the pipeline's frame counts")
-    parser.add_argument("--readme", action="store_true",
-                        help="only re-render scaling.md / .png and README's Performance section from the JSON")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="only re-render scaling.md / .png and README's Performance section from the JSON",
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--torch-threads", type=int, help="torch threads in the workers (default: torch's, all cores)."
-                        " On a machine shared with other jobs, 1 avoids threads waiting for each other on every op")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch threads in the workers (default: torch's, all cores)."
+        " On a machine shared with other jobs, 1 avoids threads waiting for each other on every op",
+    )
     args = parser.parse_args()
     if args.worker:
         if os.environ.get("LONGVID_BENCH_TORCH_THREADS"):
@@ -490,22 +630,42 @@ def main() -> None:
     ffmpeg = ensure_ffmpeg()
     import av
 
-    res: dict = {"setup": {
-        "quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " CPU",
-        "cores": len(os.sched_getaffinity(0)), "shared": args.quick, "torch_threads": args.torch_threads or "default",
-        "decode_threads": "all cores",
-        "video": (f"{setup['minutes']} min, {VIDEO['size']}x{VIDEO['size']}, {VIDEO['fps']} fps, H.264 libx264 "
-                  f"preset {VIDEO['preset']}, crf {VIDEO['crf']}, GOP {VIDEO['gop']}, {VIDEO['bframes']} B-frames, "
-                  "low motion"),
-        "models": ("tiny random float32 checkpoints shaped like the parity fixtures: VideoChat-Flash hidden 64 / 4 "
-                   "layers with a 448-px UMT tower (patch 16, 784 patches per frame), Video-XL hidden 64 / 4 "
-                   "layers with a 112-px CLIP tower; in-LLM drop at layers [1, 2]"),
-        "pyav": av.__version__, "ffmpeg": (subprocess.run([ffmpeg, "-version"], capture_output=True, text=True)
-                                           .stdout.split("\n")[0] if ffmpeg else None),
-    }, "sampling": [], "pipeline": [], "hico": []}
+    res: dict = {
+        "setup": {
+            "quick": args.quick,
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": platform.machine() + " CPU",
+            "cores": len(os.sched_getaffinity(0)),
+            "shared": args.quick,
+            "torch_threads": args.torch_threads or "default",
+            "decode_threads": "all cores",
+            "video": (
+                f"{setup['minutes']} min, {VIDEO['size']}x{VIDEO['size']}, {VIDEO['fps']} fps, H.264 libx264 "
+                f"preset {VIDEO['preset']}, crf {VIDEO['crf']}, GOP {VIDEO['gop']}, {VIDEO['bframes']} B-frames, "
+                "low motion"
+            ),
+            "models": (
+                "tiny random float32 checkpoints shaped like the parity fixtures: VideoChat-Flash hidden 64 / 4 "
+                "layers with a 448-px UMT tower (patch 16, 784 patches per frame), Video-XL hidden 64 / 4 "
+                "layers with a 112-px CLIP tower; in-LLM drop at layers [1, 2]"
+            ),
+            "pyav": av.__version__,
+            "ffmpeg": (
+                subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+                if ffmpeg
+                else None
+            ),
+        },
+        "sampling": [],
+        "pipeline": [],
+        "hico": [],
+    }
 
-    print(f"{'frames':>7} {'longvid s':>9} {'wrong':>5} {'ffmpeg s':>8} {'wrong':>5} {'ratio':>6} {'PyAV full s':>11}"
-          f" {'wrong':>5}", flush=True)
+    print(
+        f"{'frames':>7} {'longvid s':>9} {'wrong':>5} {'ffmpeg s':>8} {'wrong':>5} {'ratio':>6} {'PyAV full s':>11}"
+        f" {'wrong':>5}",
+        flush=True,
+    )
     for n in setup["sampling"]:
         row = {"frames": n}
         r = run_worker("sample", str(video), str(n))
@@ -518,12 +678,17 @@ def main() -> None:
         row.update(pyav_s=p["seconds"], pyav_wrong=p["wrong"])
         res["sampling"].append(row)
         ratio = row["longvid_s"] / row["ffmpeg_s"] if row.get("ffmpeg_s") else None
-        print(f"{n:>7,} {row['longvid_s']:>9.1f} {row['longvid_wrong']:>5} {fmt(row.get('ffmpeg_s'), '.1f'):>8} "
-              f"{fmt(row.get('ffmpeg_wrong'), 'd'):>5} {fmt(ratio):>6} {row['pyav_s']:>11.1f} {row['pyav_wrong']:>5}",
-              flush=True)
+        print(
+            f"{n:>7,} {row['longvid_s']:>9.1f} {row['longvid_wrong']:>5} {fmt(row.get('ffmpeg_s'), '.1f'):>8} "
+            f"{fmt(row.get('ffmpeg_wrong'), 'd'):>5} {fmt(ratio):>6} {row['pyav_s']:>11.1f} {row['pyav_wrong']:>5}",
+            flush=True,
+        )
 
-    print(f"\n{'frames':>7} {'configuration':<46} {'tokens':>8} {'decode s':>8} {'encode s':>8} {'prefill s':>9} "
-          f"{'s/1k tok':>8} {'RSS MiB':>8}", flush=True)
+    print(
+        f"\n{'frames':>7} {'configuration':<46} {'tokens':>8} {'decode s':>8} {'encode s':>8} {'prefill s':>9} "
+        f"{'s/1k tok':>8} {'RSS MiB':>8}",
+        flush=True,
+    )
     for n in frames:
         for cfg in CONFIGS:
             r = run_worker("pipeline", str(video), str(models[cfg]), cfg, str(n))
@@ -533,12 +698,17 @@ def main() -> None:
             if "error" in r:
                 print(f"{n:>7,} {CONFIGS[cfg]:<46} failed: {r['error']}", flush=True)
                 continue
-            print(f"{n:>7,} {CONFIGS[cfg]:<46} {r['visual_tokens']:>8,} {r['decode_s']:>8.1f} {r['encode_s']:>8.1f} "
-                  f"{r['prefill_s']:>9.2f} {r['prefill_s'] / r['visual_tokens'] * 1000:>8.3f} "
-                  f"{r['peak_rss_mib']:>8.0f}", flush=True)
+            print(
+                f"{n:>7,} {CONFIGS[cfg]:<46} {r['visual_tokens']:>8,} {r['decode_s']:>8.1f} {r['encode_s']:>8.1f} "
+                f"{r['prefill_s']:>9.2f} {r['prefill_s'] / r['visual_tokens'] * 1000:>8.3f} "
+                f"{r['peak_rss_mib']:>8.0f}",
+                flush=True,
+            )
 
-    print(f"\n{'frames':>7} {'tokens ToMe / all':>20} {'prefill s ToMe / all':>22} {'speed-up':>8} {'TTFT s':>14}",
-          flush=True)
+    print(
+        f"\n{'frames':>7} {'tokens ToMe / all':>20} {'prefill s ToMe / all':>22} {'speed-up':>8} {'TTFT s':>14}",
+        flush=True,
+    )
     for n in setup["hico"]:
         a = run_worker("hico", str(video), str(models["hico"]), str(n), "1")
         b = run_worker("hico", str(video), str(models["hico"]), str(n), "0")
@@ -546,14 +716,25 @@ def main() -> None:
             res["hico"].append({"frames": n, "error": a.get("error") or b.get("error")})
             print(f"{n:>7,} failed: {a.get('error') or b.get('error')}", flush=True)
             continue
-        row = {"frames": n, "tome_tokens": a["visual_tokens"], "all_tokens": b["visual_tokens"],
-               "tome_prefill_s": a["prefill_s"], "all_prefill_s": b["prefill_s"],
-               "speedup": b["prefill_s"] / a["prefill_s"],
-               "tome_ttft_s": a["ttft_s"], "all_ttft_s": b["ttft_s"], "ttft_speedup": b["ttft_s"] / a["ttft_s"],
-               "tome_peak_rss_mib": a["peak_rss_mib"], "all_peak_rss_mib": b["peak_rss_mib"]}
+        row = {
+            "frames": n,
+            "tome_tokens": a["visual_tokens"],
+            "all_tokens": b["visual_tokens"],
+            "tome_prefill_s": a["prefill_s"],
+            "all_prefill_s": b["prefill_s"],
+            "speedup": b["prefill_s"] / a["prefill_s"],
+            "tome_ttft_s": a["ttft_s"],
+            "all_ttft_s": b["ttft_s"],
+            "ttft_speedup": b["ttft_s"] / a["ttft_s"],
+            "tome_peak_rss_mib": a["peak_rss_mib"],
+            "all_peak_rss_mib": b["peak_rss_mib"],
+        }
         res["hico"].append(row)
-        print(f"{n:>7,} {a['visual_tokens']:>9,} / {b['visual_tokens']:<9,} {a['prefill_s']:>10.2f} / "
-              f"{b['prefill_s']:<9.2f} {row['speedup']:>7.1f}x {a['ttft_s']:>6.1f} / {b['ttft_s']:<6.1f}", flush=True)
+        print(
+            f"{n:>7,} {a['visual_tokens']:>9,} / {b['visual_tokens']:<9,} {a['prefill_s']:>10.2f} / "
+            f"{b['prefill_s']:<9.2f} {row['speedup']:>7.1f}x {a['ttft_s']:>6.1f} / {b['ttft_s']:<6.1f}",
+            flush=True,
+        )
 
     res["targets"] = targets(res)
     res["setup"]["wall_s"] = time.perf_counter() - began

@@ -36,12 +36,18 @@ from longvid.data.synthetic import moving_shapes, write_video
 from longvid.serve.process import ServerProcess
 from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
 
-QUESTIONS = ["Describe the video.", "What shape moves across the frames?", "What color is it?",
-             "Where does it go?", "Which shape appears in the video?"]
+QUESTIONS = [
+    "Describe the video.",
+    "What shape moves across the frames?",
+    "What color is it?",
+    "Where does it go?",
+    "Which shape appears in the video?",
+]
 
 
-async def run_load(url: str, clients: int, requests: int, video: dict, max_tokens: int,
-                   time_limit: float) -> list[tuple[str, float]]:
+async def run_load(
+    url: str, clients: int, requests: int, video: dict, max_tokens: int, time_limit: float
+) -> list[tuple[str, float]]:
     """(status, seconds) per request; status is the HTTP code or the transport error's name."""
     results: list[tuple[str, float]] = []
     issued = 0
@@ -102,12 +108,14 @@ def main() -> int:
     console = Console()
     with ServerProcess(model, *server_args, log=work / "server.log") as server:
         proc = psutil.Process(server.pid)
-        warm = asyncio.run(run_load(server.base_url, args.clients, args.warmup, video, args.max_tokens,
-                                    args.time_limit))
+        warm = asyncio.run(
+            run_load(server.base_url, args.clients, args.warmup, video, args.max_tokens, args.time_limit)
+        )
         rss_warm = proc.memory_info().rss
         started = time.perf_counter()
-        results = asyncio.run(run_load(server.base_url, args.clients, args.requests, video, args.max_tokens,
-                                     args.time_limit))
+        results = asyncio.run(
+            run_load(server.base_url, args.clients, args.requests, video, args.max_tokens, args.time_limit)
+        )
         wall = time.perf_counter() - started
         rss_after = proc.memory_info().rss
         final = httpx.get(f"{server.url}/health", timeout=10)
@@ -117,25 +125,29 @@ def main() -> int:
     counts = Counter(status for status, _ in results)
     ok = [s for status, s in results if status == "200"]
     everything = [s for _, s in results]
-    table = Table(title=f"longvid serve: {args.clients} clients, {len(results)} requests, tiny model, "
-                        f"{args.frames} frames, {args.max_tokens} tokens")
+    table = Table(
+        title=f"longvid serve: {args.clients} clients, {len(results)} requests, tiny model, "
+        f"{args.frames} frames, {args.max_tokens} tokens"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("wall time (s)", f"{wall:.1f}"),
-            ("throughput (answered 200 / s)", f"{len(ok) / wall:.2f}"),
-            ("throughput (all responses / s)", f"{len(results) / wall:.2f}"),
-            ("latency p50, 200s (s)", f"{percentile(ok, 50):.3f}"),
-            ("latency p95, 200s (s)", f"{percentile(ok, 95):.3f}"),
-            ("latency p50, all (s)", f"{percentile(everything, 50):.3f}"),
-            ("latency p95, all (s)", f"{percentile(everything, 95):.3f}"),
-            *((f"status {status}", str(n)) for status, n in sorted(counts.items())),
-            ("warm-up statuses", ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s for s, _ in warm).items()))),
-            ("server RSS after warm-up (MiB)", f"{rss_warm / 2**20:.1f}"),
-            ("server RSS after the run (MiB)", f"{rss_after / 2**20:.1f}"),
-            ("RSS change", f"{(rss_after / rss_warm - 1) * 100:+.1f}%"),
-            ("final /health", f"{final.status_code} {health.get('status', '')}"),
-            ("server jobs", json.dumps(health.get("jobs", {}))),
-            ("server requests", json.dumps(health.get("requests", {})))]
+    rows = [
+        ("wall time (s)", f"{wall:.1f}"),
+        ("throughput (answered 200 / s)", f"{len(ok) / wall:.2f}"),
+        ("throughput (all responses / s)", f"{len(results) / wall:.2f}"),
+        ("latency p50, 200s (s)", f"{percentile(ok, 50):.3f}"),
+        ("latency p95, 200s (s)", f"{percentile(ok, 95):.3f}"),
+        ("latency p50, all (s)", f"{percentile(everything, 50):.3f}"),
+        ("latency p95, all (s)", f"{percentile(everything, 95):.3f}"),
+        *((f"status {status}", str(n)) for status, n in sorted(counts.items())),
+        ("warm-up statuses", ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s for s, _ in warm).items()))),
+        ("server RSS after warm-up (MiB)", f"{rss_warm / 2**20:.1f}"),
+        ("server RSS after the run (MiB)", f"{rss_after / 2**20:.1f}"),
+        ("RSS change", f"{(rss_after / rss_warm - 1) * 100:+.1f}%"),
+        ("final /health", f"{final.status_code} {health.get('status', '')}"),
+        ("server jobs", json.dumps(health.get("jobs", {}))),
+        ("server requests", json.dumps(health.get("requests", {}))),
+    ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -150,8 +162,17 @@ def main() -> int:
     for name, passed in checks.items():
         console.print(f"{'PASS' if passed else 'FAIL'}  {name}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": dict(rows),
-                                         "statuses": counts, "checks": checks}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "rows": dict(rows),
+                    "statuses": counts,
+                    "checks": checks,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(checks.values()) else 1
 
 

@@ -38,7 +38,9 @@ def hour_video(out: Path) -> Path:
     if not path.exists():
         t = time.perf_counter()
         write_video(path, index_frames(HOUR_FRAMES, 64, 96), fps=30, gop=250, bframes=3, crf=30)
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        print(
+            f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t:.0f} s", file=sys.stderr
+        )
     return path
 
 
@@ -85,8 +87,25 @@ def ffmpeg_seek(path: Path, indices: list[int], budget_s: float = 180.0) -> tupl
         return None, None
     t, wrong = time.perf_counter(), 0
     for i in indices:
-        raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", f"{i / 30:.6f}", "-i", str(path), "-frames:v", "1",
-                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True).stdout
+        raw = subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-ss",
+                f"{i / 30:.6f}",
+                "-i",
+                str(path),
+                "-frames:v",
+                "1",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            capture_output=True,
+        ).stdout
         frame = np.frombuffer(raw[: 64 * 96 * 3], np.uint8).reshape(64, 96, 3) if len(raw) >= 64 * 96 * 3 else None
         wrong += frame is None or read_index(frame) != i
         if time.perf_counter() - t > budget_s:
@@ -120,21 +139,48 @@ def main() -> None:
     sets = {n: wanted(n) for n in (64, 512, 2048)}
     convert_all, convert_wanted, full_wrong = full_decode(path, sets)
     table = Table(title="Sampling frames from a 1-hour H.264 video (108,000 frames, GOP 250, 3 B-frames)")
-    for col in ("frames", "longvid s", "wrong", "full decode, RGB all s", "wrong", "speed-up",
-                "full decode, RGB wanted s", "speed-up", "ffmpeg -ss s", "wrong"):
+    for col in (
+        "frames",
+        "longvid s",
+        "wrong",
+        "full decode, RGB all s",
+        "wrong",
+        "speed-up",
+        "full decode, RGB wanted s",
+        "speed-up",
+        "ffmpeg -ss s",
+        "wrong",
+    ):
         table.add_column(col, justify="right")
     for n, idx in sets.items():
         t_ours, w_ours = ours(path, idx)
         t_ff, w_ff = ffmpeg_seek(path, idx)
-        results["sampling"].append(dict(frames=n, longvid_s=t_ours, longvid_wrong=w_ours,
-                                        full_decode_convert_all_s=convert_all, full_wrong=full_wrong[n],
-                                        full_decode_convert_wanted_s=convert_wanted,
-                                        speedup_vs_convert_all=convert_all / t_ours,
-                                        speedup_vs_convert_wanted=convert_wanted / t_ours,
-                                        ffmpeg_s=t_ff, ffmpeg_wrong=w_ff))
-        table.add_row(str(n), f"{t_ours:.2f}", str(w_ours), f"{convert_all:.1f}", str(full_wrong[n]),
-                      f"{convert_all / t_ours:.1f}x", f"{convert_wanted:.1f}", f"{convert_wanted / t_ours:.1f}x",
-                      "n/a" if t_ff is None else f"{t_ff:.1f}", "n/a" if w_ff is None else str(w_ff))
+        results["sampling"].append(
+            dict(
+                frames=n,
+                longvid_s=t_ours,
+                longvid_wrong=w_ours,
+                full_decode_convert_all_s=convert_all,
+                full_wrong=full_wrong[n],
+                full_decode_convert_wanted_s=convert_wanted,
+                speedup_vs_convert_all=convert_all / t_ours,
+                speedup_vs_convert_wanted=convert_wanted / t_ours,
+                ffmpeg_s=t_ff,
+                ffmpeg_wrong=w_ff,
+            )
+        )
+        table.add_row(
+            str(n),
+            f"{t_ours:.2f}",
+            str(w_ours),
+            f"{convert_all:.1f}",
+            str(full_wrong[n]),
+            f"{convert_all / t_ours:.1f}x",
+            f"{convert_wanted:.1f}",
+            f"{convert_wanted / t_ours:.1f}x",
+            "n/a" if t_ff is None else f"{t_ff:.1f}",
+            "n/a" if w_ff is None else str(w_ff),
+        )
     console.print(table)
 
     if not args.skip_rss and FIXTURE.is_dir():

@@ -20,8 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = dict(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=512, window=160, ratios=[8],
-             max_position_embeddings=65536, tokenizer_model_max_length=65536)
+MODEL = dict(
+    hidden=256,
+    layers=4,
+    heads=8,
+    kv_heads=4,
+    intermediate=512,
+    window=160,
+    ratios=[8],
+    max_position_embeddings=65536,
+    tokenizer_model_max_length=65536,
+)
 
 
 def rss_mib(field: str) -> float:
@@ -51,9 +60,16 @@ def worker(ckpt: str, frames: int, mode: str, threads: int) -> dict:
     with torch.no_grad():
         m.prefill(ids, visual, cache)
     seconds = time.perf_counter() - start
-    return {"frames": frames, "visual_tokens": n, "mode": mode, "kv_tokens": cache.length(0),
-            "kv_mib": cache.nbytes() / 2**20, "prefill_s": seconds, "peak_rss_mib": rss_mib("VmHWM"),
-            "rss_before_mib": before}
+    return {
+        "frames": frames,
+        "visual_tokens": n,
+        "mode": mode,
+        "kv_tokens": cache.length(0),
+        "kv_mib": cache.nbytes() / 2**20,
+        "prefill_s": seconds,
+        "peak_rss_mib": rss_mib("VmHWM"),
+        "rss_before_mib": before,
+    }
 
 
 def main() -> None:
@@ -73,26 +89,45 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_tiny_video_xl(Path(tmp) / "video_xl_bench", **MODEL)
-        print(f"tiny Video-XL: hidden {MODEL['hidden']}, {MODEL['layers']} layers, {MODEL['heads']} heads / "
-              f"{MODEL['kv_heads']} KV heads, 16 tokens per frame, windows of {MODEL['window']} tokens; float32, "
-              f"{args.threads} torch thread(s) on {os.cpu_count()} CPU cores\n")
-        header = (f"{'frames':>6} {'visual':>7} {'mode':>5} {'KV tokens':>9} {'KV MiB':>8} {'prefill s':>9} "
-                  f"{'peak RSS MiB':>12} {'+ in prefill':>12}")
+        print(
+            f"tiny Video-XL: hidden {MODEL['hidden']}, {MODEL['layers']} layers, {MODEL['heads']} heads / "
+            f"{MODEL['kv_heads']} KV heads, 16 tokens per frame, windows of {MODEL['window']} tokens; float32, "
+            f"{args.threads} torch thread(s) on {os.cpu_count()} CPU cores\n"
+        )
+        header = (
+            f"{'frames':>6} {'visual':>7} {'mode':>5} {'KV tokens':>9} {'KV MiB':>8} {'prefill s':>9} "
+            f"{'peak RSS MiB':>12} {'+ in prefill':>12}"
+        )
         print(header)
         print("-" * len(header))
         for frames in args.frames:
             for mode in args.modes:
-                proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--worker", str(ckpt),
-                                       str(frames), mode],
-                                      capture_output=True, text=True, env=env)
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--worker",
+                        str(ckpt),
+                        str(frames),
+                        mode,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
                 if proc.returncode:
                     print(f"{frames:>6} {mode:>13}  failed: {proc.stderr.strip().splitlines()[-1]}")
                     continue
                 r = json.loads(proc.stdout)
                 label = "off" if mode == "off" else f"r={mode}"
-                print(f"{frames:>6} {r['visual_tokens']:>7} {label:>5} {r['kv_tokens']:>9} {r['kv_mib']:>8.1f} "
-                      f"{r['prefill_s']:>9.2f} {r['peak_rss_mib']:>12.0f} "
-                      f"{r['peak_rss_mib'] - r['rss_before_mib']:>12.0f}", flush=True)
+                print(
+                    f"{frames:>6} {r['visual_tokens']:>7} {label:>5} {r['kv_tokens']:>9} {r['kv_mib']:>8.1f} "
+                    f"{r['prefill_s']:>9.2f} {r['peak_rss_mib']:>12.0f} "
+                    f"{r['peak_rss_mib'] - r['rss_before_mib']:>12.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,11 @@ def checkpoint(folder: Path, config=None, weights: bytes | None = None, drop: tu
         (folder / name).unlink()
     if config is not None:
         base = json.loads((TINY / "config.json").read_text())
-        text = config if isinstance(config, str) else json.dumps({**base, **config} if isinstance(config, dict)
-                                                                 else config)
+        text = (
+            config
+            if isinstance(config, str)
+            else json.dumps({**base, **config} if isinstance(config, dict) else config)
+        )
         (folder / "config.json").write_text(text)
     if weights is not None:
         (folder / "model.safetensors").write_bytes(weights)
@@ -92,12 +95,27 @@ def train_config(path: Path, text: str | None = None, **changes) -> Path:
     import yaml
 
     if text is None:
-        cfg = {"name": "bad", "model": {"init": {"vocab_size": 512, "hidden": 32, "layers": 1, "heads": 4,
-                                                  "kv_heads": 2, "intermediate": 64, "image_size": 64, "patch": 8,
-                                                  "vision_dim": 32, "vision_depth": 1, "vision_heads": 4}},
-               "trainable": {"llm": 1e-3},
-               "data": {"synthetic": {"videos": 2, "images": 0, "frames": [4, 4], "size": 64}},
-               "optim": {"global_batch_size": 2, "micro_batch_size": 1, "max_steps": 1}}
+        cfg = {
+            "name": "bad",
+            "model": {
+                "init": {
+                    "vocab_size": 512,
+                    "hidden": 32,
+                    "layers": 1,
+                    "heads": 4,
+                    "kv_heads": 2,
+                    "intermediate": 64,
+                    "image_size": 64,
+                    "patch": 8,
+                    "vision_dim": 32,
+                    "vision_depth": 1,
+                    "vision_heads": 4,
+                }
+            },
+            "trainable": {"llm": 1e-3},
+            "data": {"synthetic": {"videos": 2, "images": 0, "frames": [4, 4], "size": 64}},
+            "optim": {"global_batch_size": 2, "micro_batch_size": 1, "max_steps": 1},
+        }
         for key, value in changes.items():
             section, _, name = key.partition("__")
             if name:
@@ -272,16 +290,25 @@ def cli_results(files, tmp_path_factory) -> dict[str, tuple[int, str, str]]:
             continue
         name, args = case.values if hasattr(case, "values") else case
         names.append(name)
-        cases.append({"args": expand(args, files), "out": str(d / f"{len(cases)}.out"),
-                      "err": str(d / f"{len(cases)}.err")})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "HF_HUB_CACHE": str(d / "hub")}
-    run = subprocess.run([sys.executable, "-c", ZYGOTE], input=json.dumps(cases), capture_output=True, text=True,
-                         env=env, timeout=600)
+        cases.append(
+            {"args": expand(args, files), "out": str(d / f"{len(cases)}.out"), "err": str(d / f"{len(cases)}.err")}
+        )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_CACHE": str(d / "hub"),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", ZYGOTE], input=json.dumps(cases), capture_output=True, text=True, env=env, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     codes = json.loads(run.stdout.strip().splitlines()[-1])
-    return {name: (code, Path(c["out"]).read_text(errors="replace"), Path(c["err"]).read_text(errors="replace"))
-            for name, code, c in zip(names, codes, cases)}
+    return {
+        name: (code, Path(c["out"]).read_text(errors="replace"), Path(c["err"]).read_text(errors="replace"))
+        for name, code, c in zip(names, codes, cases)
+    }
 
 
 def assert_one_line_refusal(code: int, err: str, what: str) -> None:
@@ -302,8 +329,9 @@ def test_zygote_and_plain_subprocess_agree(files, cli_results):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for name in ("int8 weights",):
         args = expand(dict((c.values if hasattr(c, "values") else c) for c in CLI_CASES)[name], files)
-        run = subprocess.run([sys.executable, "-m", "longvid", *args], capture_output=True, text=True, env=env,
-                             timeout=180)
+        run = subprocess.run(
+            [sys.executable, "-m", "longvid", *args], capture_output=True, text=True, env=env, timeout=180
+        )
         assert (run.returncode, run.stderr) == (cli_results[name][0], cli_results[name][2])
 
 
@@ -375,13 +403,30 @@ def _cases(files) -> list:
         ("seed a string", {**ok, "seed": "abc"}, 400),
         ("17 stop strings", {**ok, "stop": [str(i) for i in range(17)]}, 400),
         ("lone surrogate", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400),
-        ("video as image_url", chat([{"type": "image_url", "image_url": {"url": data_url(files["good"])}}, text]),
-         400),
-        ("assistant holds the video", {"model": MODEL, "messages": [
-            {"role": "user", "content": "hi"}, {"role": "assistant", "content": [video_part(good)]},
-            {"role": "user", "content": Q}]}, 400),
-        ("last message from the assistant", {"model": MODEL, "messages": [
-            {"role": "user", "content": [video_part(good), text]}, {"role": "assistant", "content": "x"}]}, 400),
+        ("video as image_url", chat([{"type": "image_url", "image_url": {"url": data_url(files["good"])}}, text]), 400),
+        (
+            "assistant holds the video",
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [video_part(good)]},
+                    {"role": "user", "content": Q},
+                ],
+            },
+            400,
+        ),
+        (
+            "last message from the assistant",
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": [video_part(good), text]},
+                    {"role": "assistant", "content": "x"},
+                ],
+            },
+            400,
+        ),
         ("messages not a list", {"model": MODEL, "messages": "hi"}, 400),
     ]
 
@@ -389,15 +434,46 @@ def _cases(files) -> list:
 PENDING_SERVER: set[str] = set()
 SERVER_CASES = [
     (name) if name in PENDING_SERVER else name
-    for name in ["not JSON", "a JSON list", "no messages", "empty messages", "10,000 one-character messages",
-                 "too much text", "unknown model", "no media", "two videos", "file outside the root",
-                 "file traversal", "file missing under the root", "data: not base64", "data: broken base64",
-                 "data: text/plain", "data: random bytes", "data: 8000x8000 frames", "ftp URL", "loopback URL",
-                 "port out of range", "6to4 loopback", "NAT64 link-local", "nframes 0", "nframes 1e9",
-                 "video_start 1e308", "video_end before video_start", "typo in a part key",
-                 "temperature -1", "top_p 2", "n 2", "max_tokens 0", "seed a string", "17 stop strings",
-                 "lone surrogate", "video as image_url", "assistant holds the video",
-                 "last message from the assistant", "messages not a list"]
+    for name in [
+        "not JSON",
+        "a JSON list",
+        "no messages",
+        "empty messages",
+        "10,000 one-character messages",
+        "too much text",
+        "unknown model",
+        "no media",
+        "two videos",
+        "file outside the root",
+        "file traversal",
+        "file missing under the root",
+        "data: not base64",
+        "data: broken base64",
+        "data: text/plain",
+        "data: random bytes",
+        "data: 8000x8000 frames",
+        "ftp URL",
+        "loopback URL",
+        "port out of range",
+        "6to4 loopback",
+        "NAT64 link-local",
+        "nframes 0",
+        "nframes 1e9",
+        "video_start 1e308",
+        "video_end before video_start",
+        "typo in a part key",
+        "temperature -1",
+        "top_p 2",
+        "n 2",
+        "max_tokens 0",
+        "seed a string",
+        "17 stop strings",
+        "lone surrogate",
+        "video as image_url",
+        "assistant holds the video",
+        "last message from the assistant",
+        "messages not a list",
+    ]
 ]
 
 
@@ -409,8 +485,18 @@ def server(files):
     (files["dir"] / "secret.mp4").write_bytes(b"outside")
     files["root_link"] = files["dir"] / "root-link"  # the root given through a symlink (README URLs use it)
     os.symlink(root, files["root_link"])
-    with ServerProcess(TINY, "--served-model-name", MODEL, "--media-root", files["root_link"],
-                       "--allow-remote-media", "--fetch-timeout", "2", "--max-media-mb", "2") as srv:
+    with ServerProcess(
+        TINY,
+        "--served-model-name",
+        MODEL,
+        "--media-root",
+        files["root_link"],
+        "--allow-remote-media",
+        "--fetch-timeout",
+        "2",
+        "--max-media-mb",
+        "2",
+    ) as srv:
         with httpx.Client(base_url=srv.url, timeout=60) as client:
             first = client.post("/v1/chat/completions", json=good_request(files))  # warm: the RSS baseline
             assert first.status_code == 200, first.text
@@ -439,10 +525,14 @@ def test_server_refuses_cleanly(server, name):
     assert time.perf_counter() - started < 10, f"{name}: took {time.perf_counter() - started:.1f} s"
 
 
-@pytest.mark.parametrize("raw, status", [
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
-    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
-], ids=["Content-Length abc", "Content-Length too large"])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
+    ],
+    ids=["Content-Length abc", "Content-Length too large"],
+)
 def test_malformed_http_gets_json(server, raw, status):
     got, body = raw_request(server.port, raw)
     assert got == status and json.loads(body)["error"]["message"], body
@@ -494,8 +584,11 @@ def test_the_readme_promises_the_limits_the_code_enforces():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     promises = readme.split("## Promises", 1)[1].split("\n## ", 1)[0]
     settings, policy = ServerSettings("x"), MediaPolicy()
-    defaults = {p.name: p.default.default for p in inspect.signature(commands.serve).parameters.values()
-                if hasattr(p.default, "default")}
+    defaults = {
+        p.name: p.default.default
+        for p in inspect.signature(commands.serve).parameters.values()
+        if hasattr(p.default, "default")
+    }
     said = {
         f"At most {MAX_TEXT_TOKENS} text tokens": True,
         f"more than {MAX_TEXT_CHARS}\n  characters": True,

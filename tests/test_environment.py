@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO
 
 
@@ -38,7 +39,12 @@ def test_hub_access_is_refused_without_touching_the_network(monkeypatch, tmp_pat
 def test_ci_turns_missing_parity_fixtures_into_failures(tmp_path):
     assert "LONGVID_REQUIRE_PARITY=1" in (REPO / ".ci/run").read_text()
     env = {**os.environ, "LONGVID_SHARED": str(tmp_path), "LONGVID_REQUIRE_PARITY": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          "tests/test_parity_video_xl.py"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_parity_video_xl.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode != 0 and "LONGVID_REQUIRE_PARITY=1 requires it" in run.stdout, run.stdout[-2000:]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import torch
-from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from longvid.generation import GenerationConfig, generate, process_logits
 
@@ -16,8 +20,12 @@ def test_matches_transformers_processors():
     cfg = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)
     ids = torch.tensor([generated])
     ref = logits[None].clone()
-    for proc in (RepetitionPenaltyLogitsProcessor(1.05), TemperatureLogitsWarper(0.7), TopKLogitsWarper(20),
-                 TopPLogitsWarper(0.8)):
+    for proc in (
+        RepetitionPenaltyLogitsProcessor(1.05),
+        TemperatureLogitsWarper(0.7),
+        TopKLogitsWarper(20),
+        TopPLogitsWarper(0.8),
+    ):
         ref = proc(ids, ref)
     torch.testing.assert_close(process_logits(logits, generated, cfg), ref[0])
 

@@ -21,9 +21,17 @@ from longvid.errors import CheckpointError, ConfigError
 TINY = Path(longvid.__file__).parent / "assets" / "tiny_model"
 SUB = "VideoXL_weight_8"
 # the Video-XL release's layout: weights in a subfolder, training leftovers beside them
-LEFTOVERS = ["weight.zip", "rng_state_0.pth", "trainer_state.json", "README.md", f"{SUB}/optimizer.pt",
-             f"{SUB}/rng_state_1.pth", f"{SUB}/training_args.bin", f"{SUB}/checkpoint-100/model.safetensors",
-             "other/config.json"]
+LEFTOVERS = [
+    "weight.zip",
+    "rng_state_0.pth",
+    "trainer_state.json",
+    "README.md",
+    f"{SUB}/optimizer.pt",
+    f"{SUB}/rng_state_1.pth",
+    f"{SUB}/training_args.bin",
+    f"{SUB}/checkpoint-100/model.safetensors",
+    "other/config.json",
+]
 
 
 def fake_repo(root: Path) -> Path:
@@ -93,13 +101,34 @@ def test_offline_cache_subfolder_through_the_cli(tmp_path):
     import numpy as np
 
     np.save(video, np.zeros((8, 32, 32, 3), np.uint8))
-    run = subprocess.run([sys.executable, "-m", "longvid", "info", str(video), "--fps", "4", "--model",
-                          f"owner/videoxl/{SUB}", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "longvid",
+            "info",
+            str(video),
+            "--fps",
+            "4",
+            "--model",
+            f"owner/videoxl/{SUB}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["model"]["name"] == f"owner/videoxl/{SUB}" and report["budget"]["visual_tokens"] == 128
-    run = subprocess.run([sys.executable, "-m", "longvid", "info", str(video), "--model", "owner/videoxl/nope"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "longvid", "info", str(video), "--model", "owner/videoxl/nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
@@ -111,14 +140,19 @@ def broken_checkpoint(tmp_path: Path, change) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda c: [c], "is a JSON list"),
-    (lambda c: {**c, "hidden_size": "big"}, "hidden_size must be a number"),
-    (lambda c: {**c, "num_hidden_layers": [4]}, "num_hidden_layers must be a number"),
-    (lambda c: {**c, "model_type": "gpt9", "architectures": ["Gpt9ForCausalLM"], "mm_vision_tower": "x"},
-     "unsupported model"),
-    (lambda c: {**c, "architectures": "VideoChatFlashQwenForCausalLM"}, "architectures must be a list"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda c: [c], "is a JSON list"),
+        (lambda c: {**c, "hidden_size": "big"}, "hidden_size must be a number"),
+        (lambda c: {**c, "num_hidden_layers": [4]}, "num_hidden_layers must be a number"),
+        (
+            lambda c: {**c, "model_type": "gpt9", "architectures": ["Gpt9ForCausalLM"], "mm_vision_tower": "x"},
+            "unsupported model",
+        ),
+        (lambda c: {**c, "architectures": "VideoChatFlashQwenForCausalLM"}, "architectures must be a list"),
+    ],
+)
 def test_broken_configs_are_one_clear_error(tmp_path, change, needle):
     with pytest.raises((CheckpointError, ConfigError), match=needle):
         longvid.load(broken_checkpoint(tmp_path, change))
@@ -127,7 +161,9 @@ def test_broken_configs_are_one_clear_error(tmp_path, change, needle):
 def test_int8_weights_are_refused(tmp_path):
     folder = broken_checkpoint(tmp_path, lambda c: c)
     tensors = load_file(folder / "model.safetensors")
-    save_file({k: (v * 10).to(torch.int8) if v.is_floating_point() else v for k, v in tensors.items()},
-              folder / "model.safetensors")
+    save_file(
+        {k: (v * 10).to(torch.int8) if v.is_floating_point() else v for k, v in tensors.items()},
+        folder / "model.safetensors",
+    )
     with pytest.raises(CheckpointError, match="int8; quantized checkpoints are not supported"):
         longvid.load(folder)

@@ -20,18 +20,38 @@ SCALINGS = [
     {"rope_type": "dynamic", "factor": 3.0},
     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
     {"rope_type": "yarn", "factor": 4.0},  # original length = max_position_embeddings
-    {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16, "beta_fast": 16, "beta_slow": 2,
-     "mscale": 0.7, "mscale_all_dim": 0.5},
-    {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 24, "attention_factor": 1.3,
-     "truncate": False},
+    {
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "original_max_position_embeddings": 16,
+        "beta_fast": 16,
+        "beta_slow": 2,
+        "mscale": 0.7,
+        "mscale_all_dim": 0.5,
+    },
+    {
+        "rope_type": "yarn",
+        "factor": 2.0,
+        "original_max_position_embeddings": 24,
+        "attention_factor": 1.3,
+        "truncate": False,
+    },
 ]
 
 
 def hf_config(scaling: dict | None, **extra) -> transformers.Qwen2Config:
     params = {"rope_theta": 10000.0, **(scaling or {"rope_type": "default"})}
-    return transformers.Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                    rope_parameters=params, **extra)
+    return transformers.Qwen2Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_parameters=params,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("scaling", SCALINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
@@ -63,23 +83,31 @@ def test_decoder_with_rope_scaling_equals_transformers(scaling):
 
 def test_old_style_rope_scaling_reads_the_same():
     """config.json files written by transformers 4.x: `rope_scaling` with "type" beside a top-level rope_theta."""
-    old = {"hidden_size": 64, "num_attention_heads": 4, "rope_theta": 1e6, "max_position_embeddings": 32768,
-           "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+    old = {
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "rope_theta": 1e6,
+        "max_position_embeddings": 32768,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    }
     cfg = Qwen2Config.from_dict(old)
     assert cfg.rope_scaling == RopeScaling("yarn", 4.0, 32768) and cfg.rope_theta == 1e6
     assert Qwen2Config.from_dict({**old, "rope_scaling": None}).rope_scaling is None
     assert Qwen2Config.from_dict({**old, "rope_scaling": {"type": "default"}}).rope_scaling is None
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ({"type": "longrope", "factor": 2.0}, "longrope"),
-    ({"type": "su"}, "'su' is not supported"),
-    ({"type": "linear"}, "factor >= 1"),
-    ({"type": "yarn", "factor": 0.5}, "factor >= 1"),
-    ({"type": "dynamic", "factor": "4"}, "factor >= 1"),
-    ({"type": "yarn", "factor": 4.0, "beta_fast": "x"}, "beta_fast"),
-    ("yarn", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({"type": "longrope", "factor": 2.0}, "longrope"),
+        ({"type": "su"}, "'su' is not supported"),
+        ({"type": "linear"}, "factor >= 1"),
+        ({"type": "yarn", "factor": 0.5}, "factor >= 1"),
+        ({"type": "dynamic", "factor": "4"}, "factor >= 1"),
+        ({"type": "yarn", "factor": 4.0, "beta_fast": "x"}, "beta_fast"),
+        ("yarn", "must be an object"),
+    ],
+)
 def test_unsupported_rope_scaling_is_refused(bad, needle):
     with pytest.raises(ConfigError, match=needle):
         Qwen2Config.from_dict({"rope_scaling": bad})
@@ -121,11 +149,14 @@ def test_beacon_attend_prev():
         BeaconConfig.from_release({"beacon_attend_prev": "yes"})
 
 
-@pytest.mark.parametrize("setting,needle", [
-    ('rope_scaling={"type":"longrope","factor":2}', "rope_scaling type 'longrope'"),
-    ("hidden_act=mish", "hidden_act='mish'"),
-    ("use_sliding_window=true", "use_sliding_window"),
-])
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ('rope_scaling={"type":"longrope","factor":2}', "rope_scaling type 'longrope'"),
+        ("hidden_act=mish", "hidden_act='mish'"),
+        ("use_sliding_window=true", "use_sliding_window"),
+    ],
+)
 def test_cli_refuses_in_one_line(tiny_checkpoint, short_video, setting, needle, capfd):
     code = main(["ask", str(short_video), "q", "--model", str(tiny_checkpoint), "--set", setting])
     err = capfd.readouterr().err

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from longvid.cli import main
-from longvid.data.needles import (COLOURS, SHAPES, Needle, combos, haystack, multi_hop_chain, needle_card,
-                                  single_hop_question, training_sample)
+from longvid.data.needles import (
+    COLOURS,
+    SHAPES,
+    Needle,
+    combos,
+    haystack,
+    multi_hop_chain,
+    needle_card,
+    single_hop_question,
+    training_sample,
+)
 from longvid.niah import NiahSettings, multi_hop_positions, run_niah, single_hop_position
 from longvid.niah.harness import letter_of, make_trial
 
@@ -27,7 +36,11 @@ def test_official_placement_formulas():
 def test_synthetic_family_is_deterministic_and_splits_needles():
     a = list(haystack(30, 32, seed=3))
     b = list(haystack(30, 32, seed=3))
-    assert len(a) == len(b) == 30 and all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], list(haystack(1, 32, 4))[0])
+    assert (
+        len(a) == len(b) == 30
+        and all(np.array_equal(x, y) for x, y in zip(a, b))
+        and not np.array_equal(a[0], list(haystack(1, 32, 4))[0])
+    )
     assert len(combos("train")) + len(combos("test")) == len(SHAPES) * len(COLOURS)
     assert not set(combos("train")) & set(combos("test"))
     card = needle_card(Needle("star", "red"), 64)
@@ -43,8 +56,10 @@ def test_multi_hop_chain_points_to_the_next_card():
     chain = multi_hop_chain(4, np.random.default_rng(2))
     assert [c.pointer for c in chain.cards[:-1]] == [c.shape for c in chain.cards[1:]]
     assert chain.cards[-1].pointer is None and len(chain.questions) == 2
-    assert chain.questions[0].question.startswith(f"Find the frame of a{'n' if chain.cards[0].shape[0] in 'aeiou' else ''} "
-                                                  f"{chain.cards[0].shape}. Locate the final frame")
+    assert chain.questions[0].question.startswith(
+        f"Find the frame of a{'n' if chain.cards[0].shape[0] in 'aeiou' else ''} "
+        f"{chain.cards[0].shape}. Locate the final frame"
+    )
 
 
 def test_letter_match():
@@ -64,6 +79,7 @@ def test_grid_resume_and_outputs(tiny_model, tmp_path):
     (tmp_path / "trials.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
     calls = []
     import longvid.niah.harness as harness
+
     original = harness.run_trial
     harness.run_trial = lambda *a: (calls.append(a[3].key), original(*a))[1]
     try:
@@ -91,8 +107,23 @@ def test_pixel_level_puts_the_needle_at_its_depth(tiny_model):
 
 
 def test_cli_multi_hop_embedding_level(tiny_checkpoint, tmp_path, capfd):
-    code = main(["niah", "--model", str(tiny_checkpoint), "--frames", "16", "--hops", "3", "--level", "embedding",
-                 "--trials", "2", "--out", str(tmp_path)])
+    code = main(
+        [
+            "niah",
+            "--model",
+            str(tiny_checkpoint),
+            "--frames",
+            "16",
+            "--hops",
+            "3",
+            "--level",
+            "embedding",
+            "--trials",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())

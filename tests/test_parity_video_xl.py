@@ -30,10 +30,13 @@ def close(actual, expected, atol, rtol=0.0):
 @pytest.fixture(scope="module")
 def fx(vxl_fixture):
     d = vxl_fixture
-    return {"dir": d, "E": np.load(d / "expected" / "expected.npz"),
-            "meta": json.loads((d / "expected" / "meta.json").read_text()),
-            "prompts": json.loads((d / "inputs" / "prompts.json").read_text()),
-            "frames": np.load(d / "inputs" / "frames.npy")}
+    return {
+        "dir": d,
+        "E": np.load(d / "expected" / "expected.npz"),
+        "meta": json.loads((d / "expected" / "meta.json").read_text()),
+        "prompts": json.loads((d / "inputs" / "prompts.json").read_text()),
+        "frames": np.load(d / "inputs" / "frames.npy"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,10 @@ def test_pixels_and_vision_stages(models, fx):
     m, E = models["mixed"], fx["E"]
     close(m.processor(fx["frames"]), E["pixel_values"], atol=1e-5)
     trace: dict = {}
-    hooks = [m.model.vision_tower.register_forward_hook(lambda mod, args, out: trace.update(clip_features=out)),
-             m.model.projector.register_forward_hook(lambda mod, args, out: trace.setdefault("projector_out", out))]
+    hooks = [
+        m.model.vision_tower.register_forward_hook(lambda mod, args, out: trace.update(clip_features=out)),
+        m.model.projector.register_forward_hook(lambda mod, args, out: trace.setdefault("projector_out", out)),
+    ]
     with torch.no_grad():
         trace["pooled_features"] = m.model.encode_frames(torch.from_numpy(E["pixel_values"]))
         for hook in hooks:
@@ -91,12 +96,12 @@ def _prefill(m, fx):
     try:
         with torch.no_grad():
             m.model.prefill_video(llm.embed(torch.tensor([ids[:cut]])), visual, cache, plan)
-            m.model.extend_text(llm.embed(torch.tensor([ids[cut + 1:]])), cache)
+            m.model.extend_text(llm.embed(torch.tensor([ids[cut + 1 :]])), cache)
     finally:
         del m.model._step
     step_ids = [ids[:cut]]
     step_ids += [[VST if v else PLACEHOLDER for v in w.vst_mask().tolist()] for w in plan.windows]
-    step_ids.append(ids[cut + 1:])
+    step_ids.append(ids[cut + 1 :])
     return plan, cache, trace, step_ids
 
 
@@ -136,11 +141,14 @@ def test_forward_steps_logits_and_memory(models, fx, tag):
 @pytest.mark.parametrize("tag", ["r2", "r4"])
 def test_greedy_tokens_and_step_logits(models, fx, tag):
     m, E = models[tag], fx["E"]
-    visual = longvid.VisualTokens(torch.from_numpy(E["pooled_features"]).reshape(-1, 64),
-                                  m.sampling_plan(open_video(fx["frames"], fps=1.0), max_frames=24))
+    visual = longvid.VisualTokens(
+        torch.from_numpy(E["pooled_features"]).reshape(-1, 64),
+        m.sampling_plan(open_video(fx["frames"], fps=1.0), max_frames=24),
+    )
     cache, steps, tokens = m.new_cache(), [], []
     with torch.no_grad():
         logits = m.prefill(E["input_ids"][0].tolist(), visual.tokens, cache)
+
         def step(token):
             return m.decode_step([token], cache)
 
@@ -158,10 +166,28 @@ def test_greedy_tokens_and_step_logits(models, fx, tag):
 
 @pytest.mark.parametrize("ratio", [2, 4])
 def test_cli_reproduces_greedy_generation(fx, ratio, capfd):
-    code = main(["ask", str(fx["dir"] / "inputs" / "frames.npy"), fx["prompts"]["question"],
-                 "--model", str(fx["dir"] / "checkpoint"), "--fps", "1", "--max-frames", "24",
-                 "--max-new-tokens", "12", "--set", f"beacon_ratio=[{ratio}]", "--gen", "do_sample=false",
-                 "--gen", "repetition_penalty=1.0", "--json"])
+    code = main(
+        [
+            "ask",
+            str(fx["dir"] / "inputs" / "frames.npy"),
+            fx["prompts"]["question"],
+            "--model",
+            str(fx["dir"] / "checkpoint"),
+            "--fps",
+            "1",
+            "--max-frames",
+            "24",
+            "--max-new-tokens",
+            "12",
+            "--set",
+            f"beacon_ratio=[{ratio}]",
+            "--gen",
+            "do_sample=false",
+            "--gen",
+            "repetition_penalty=1.0",
+            "--json",
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 0, err
     data = json.loads(out)
@@ -172,8 +198,10 @@ def test_cli_reproduces_greedy_generation(fx, ratio, capfd):
 def test_mixed_ratios_do_not_depend_on_earlier_requests(models, fx):
     """The release draws from one RNG per process; here every request starts from beacon_seed again."""
     m = models["mixed"]
-    visual = longvid.VisualTokens(torch.from_numpy(fx["E"]["pooled_features"]).reshape(-1, 64),
-                                  m.sampling_plan(open_video(fx["frames"], fps=1.0), max_frames=24))
+    visual = longvid.VisualTokens(
+        torch.from_numpy(fx["E"]["pooled_features"]).reshape(-1, 64),
+        m.sampling_plan(open_video(fx["frames"], fps=1.0), max_frames=24),
+    )
     first = m.ask(visual, fx["prompts"]["question"], max_new_tokens=4)
     assert m.ask(visual, fx["prompts"]["question"], max_new_tokens=4).token_ids == first.token_ids
     assert m.beacon_plan(384).ratios == fx["meta"]["runs"]["mixed"]["ratios_per_window"]

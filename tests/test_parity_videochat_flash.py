@@ -18,8 +18,12 @@ import torch
 import longvid
 from longvid.video import SamplingPlan, open_video
 
-COMPRESS = {"mm_llm_compress": True, "llm_compress_type": "uniform0_attention",
-            "llm_compress_layer_list": [1, 2], "llm_image_token_ratio_list": [1, 0.75, 0.25]}
+COMPRESS = {
+    "mm_llm_compress": True,
+    "llm_compress_type": "uniform0_attention",
+    "llm_compress_layer_list": [1, 2],
+    "llm_image_token_ratio_list": [1, 0.75, 0.25],
+}
 
 
 def close(actual, expected, atol=1e-4, rtol=1e-4):
@@ -65,8 +69,10 @@ def traced_encode(model, pixels: torch.Tensor, is_image: bool = False) -> tuple[
     """`encode_clips`, recording the tower's output and the MLP's input (ToMe's output) with forward hooks,
     and ToMe's merge decisions by running it again on the recorded tower output."""
     trace: dict = {}
-    hooks = [model.model.vision_tower.register_forward_hook(lambda mod, args, out: trace.update(vision_tower_out=out)),
-             model.model.projector.mlp.register_forward_pre_hook(lambda mod, args: trace.update(tome_merged=args[0]))]
+    hooks = [
+        model.model.vision_tower.register_forward_hook(lambda mod, args, out: trace.update(vision_tower_out=out)),
+        model.model.projector.mlp.register_forward_pre_hook(lambda mod, args: trace.update(tome_merged=args[0])),
+    ]
     try:
         with torch.no_grad():
             out = model.model.encode_clips(pixels, is_image=is_image)
@@ -111,8 +117,12 @@ def test_logits_and_hidden_states(model, model_compress, fx, mode):
     m = model if mode == "nocompress" else model_compress
     kept: list = []
     with torch.no_grad():  # start from the reference inputs_embeds' visual rows
-        out = m.model(E["input_ids"][0].tolist(), torch.from_numpy(E["projector_out"]).flatten(0, 1),
-                      kept_rows=kept, output_hidden_states=True)
+        out = m.model(
+            E["input_ids"][0].tolist(),
+            torch.from_numpy(E["projector_out"]).flatten(0, 1),
+            kept_rows=kept,
+            output_hidden_states=True,
+        )
         logits = m.model.llm.logits(out.hidden)[0]
     close(logits, E[f"video_{mode}_logits"])
     for i in range(1, 5):
@@ -127,13 +137,15 @@ def test_logits_and_hidden_states(model, model_compress, fx, mode):
 def test_greedy_generation_and_step_logits(model, model_compress, fx, mode):
     E = fx["E"]
     m = model if mode == "nocompress" else model_compress
-    visual = longvid.VisualTokens(torch.from_numpy(E["projector_out"]).flatten(0, 1),
-                                  m.sampling_plan(open_video(fx["frames"], fps=4.0)))
+    visual = longvid.VisualTokens(
+        torch.from_numpy(E["projector_out"]).flatten(0, 1), m.sampling_plan(open_video(fx["frames"], fps=4.0))
+    )
     ids = E["input_ids"][0].tolist()
     cache = m.new_cache()
     steps = []
     with torch.no_grad():
         logits = m.prefill(ids, visual.tokens, cache)
+
         def step(token):
             return m.decode_step([token], cache)
 
@@ -188,8 +200,16 @@ def _cli_json(args):
 
 @pytest.mark.parametrize("mode", ["nocompress", "compress"])
 def test_cli_ask_json_reproduces_chat(fx, mode):
-    args = [str(fx["dir"] / "inputs" / "frames.npy"), fx["prompts"]["question"], "--model", str(fx["dir"] / "checkpoint"),
-            "--fps", "4", "--max-new-tokens", "12"]
+    args = [
+        str(fx["dir"] / "inputs" / "frames.npy"),
+        fx["prompts"]["question"],
+        "--model",
+        str(fx["dir"] / "checkpoint"),
+        "--fps",
+        "4",
+        "--max-new-tokens",
+        "12",
+    ]
     if mode == "compress":
         for key, value in COMPRESS.items():
             args += ["--set", f"{key}={json.dumps(value)}"]

@@ -79,7 +79,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -135,13 +135,33 @@ def test_fingerprint_follows_the_weights_contents(tiny_checkpoint, tmp_path, sho
 def test_options_are_checked_once_with_one_set_of_limits():
     assert SamplingOptions.of({"num_frames": 8.0}, start=1).num_frames == 8
     assert SamplingOptions(fps=1e9).fps == 1e9  # faster than the video: every frame
-    for bad in ({"num_frames": 0}, {"num_frames": 10**9}, {"max_frames": -1}, {"fps": 0}, {"fps": math.inf},
-                {"start": -5}, {"start": math.nan}, {"start": 1e308}, {"input_fps": 0}, {"num_frames": 2.5},
-                {"start": 3, "end": 2}, {"nframes": 4}, {"timestamps": "1,2"}):
+    for bad in (
+        {"num_frames": 0},
+        {"num_frames": 10**9},
+        {"max_frames": -1},
+        {"fps": 0},
+        {"fps": math.inf},
+        {"start": -5},
+        {"start": math.nan},
+        {"start": 1e308},
+        {"input_fps": 0},
+        {"num_frames": 2.5},
+        {"start": 3, "end": 2},
+        {"nframes": 4},
+        {"timestamps": "1,2"},
+    ):
         with pytest.raises(ConfigError):
             SamplingOptions.of(bad)
-    for bad in ({"temperature": -1}, {"temperature": math.nan}, {"top_p": 2}, {"top_p": 0}, {"nonsense": 3},
-                {"max_new_tokens": 0}, {"do_sample": "yes"}, {"repetition_penalty": 0}):
+    for bad in (
+        {"temperature": -1},
+        {"temperature": math.nan},
+        {"top_p": 2},
+        {"top_p": 0},
+        {"nonsense": 3},
+        {"max_new_tokens": 0},
+        {"do_sample": "yes"},
+        {"repetition_penalty": 0},
+    ):
         with pytest.raises(ConfigError):
             GenerationOptions.of(bad)
     from longvid.serve.schemas import ChatCompletionRequest, SamplingKnobs
@@ -171,22 +191,36 @@ def _one_line(code, err, needle):
 
 def test_bad_values_are_one_line_and_exit_2(tiny_checkpoint, short_video, tmp_path, capfd):
     ask = ["ask", str(short_video), "q", "--model", str(tiny_checkpoint)]
-    arrays = {"rgba": np.zeros((4, 8, 8, 4), np.uint8), "empty": np.zeros((4, 0, 0, 3), np.uint8),
-              "complex": np.zeros((4, 8, 8, 3), np.complex64)}
+    arrays = {
+        "rgba": np.zeros((4, 8, 8, 4), np.uint8),
+        "empty": np.zeros((4, 0, 0, 3), np.uint8),
+        "complex": np.zeros((4, 8, 8, 3), np.complex64),
+    }
     for name, array in arrays.items():
         np.save(tmp_path / f"{name}.npy", array)
     (tmp_path / "file").write_text("x")
     (tmp_path / "folder").mkdir()
     cases = [
-        (ask + ["--gen", "temperature=-1"], "temperature"), (ask + ["--gen", "top_p=2"], "top_p"),
-        (ask + ["--gen", "nonsense=3"], "nonsense"), (ask + ["--num-frames", "0"], "num_frames"),
-        (ask + ["--num-frames", "1000000000"], "num_frames"), (ask + ["--max-frames", "0"], "max_frames"),
-        (ask + ["--max-frames", "-1"], "max_frames"), (ask + ["--fps", "0"], "fps"), (ask + ["--fps", "inf"], "fps"),
-        (ask + ["--start", "-5"], "start"), (ask + ["--start", "nan"], "start"), (ask + ["--start", "1e308"], "start"),
-        (ask + ["--input-fps", "0"], "input_fps"), (ask + ["--set", "nonsense=1"], "nonsense"),
-        (ask + ["--set", "hidden_size=wide"], "hidden_size"), (ask + ["--set", "llm_compress_layer_list=[2,"], "llm_"),
-        (ask + ["--set", "hidden_size=-1"], "hidden_size"), (ask + ["--device", "tpu:7"], "tpu"),
-        (ask + ["--cache-dir", str(tmp_path / "file")], "not a folder"), (ask + ["--bogus"], "--bogus"),
+        (ask + ["--gen", "temperature=-1"], "temperature"),
+        (ask + ["--gen", "top_p=2"], "top_p"),
+        (ask + ["--gen", "nonsense=3"], "nonsense"),
+        (ask + ["--num-frames", "0"], "num_frames"),
+        (ask + ["--num-frames", "1000000000"], "num_frames"),
+        (ask + ["--max-frames", "0"], "max_frames"),
+        (ask + ["--max-frames", "-1"], "max_frames"),
+        (ask + ["--fps", "0"], "fps"),
+        (ask + ["--fps", "inf"], "fps"),
+        (ask + ["--start", "-5"], "start"),
+        (ask + ["--start", "nan"], "start"),
+        (ask + ["--start", "1e308"], "start"),
+        (ask + ["--input-fps", "0"], "input_fps"),
+        (ask + ["--set", "nonsense=1"], "nonsense"),
+        (ask + ["--set", "hidden_size=wide"], "hidden_size"),
+        (ask + ["--set", "llm_compress_layer_list=[2,"], "llm_"),
+        (ask + ["--set", "hidden_size=-1"], "hidden_size"),
+        (ask + ["--device", "tpu:7"], "tpu"),
+        (ask + ["--cache-dir", str(tmp_path / "file")], "not a folder"),
+        (ask + ["--bogus"], "--bogus"),
         (ask + ["--num-frames", "many"], "--num-frames"),
         *[(["ask", str(tmp_path / f"{n}.npy"), "q", "--model", str(tiny_checkpoint)], "expected") for n in arrays],
         (["encode", str(short_video), "-o", str(tmp_path / "folder"), "--model", str(tiny_checkpoint)], "folder"),
@@ -202,8 +236,9 @@ def test_bad_values_are_one_line_and_exit_2(tiny_checkpoint, short_video, tmp_pa
 def test_chat_survives_binary_input(tiny_checkpoint, short_video, monkeypatch, capfd):
     stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe\x00\x81 what?\nWhy?\n"), encoding="utf-8")  # strict decoding
     monkeypatch.setattr(sys, "stdin", stdin)
-    code = main(["chat", str(short_video), "--model", str(tiny_checkpoint), "--num-frames", "8",
-                 "--max-new-tokens", "3"])
+    code = main(
+        ["chat", str(short_video), "--model", str(tiny_checkpoint), "--num-frames", "8", "--max-new-tokens", "3"]
+    )
     out, err = capfd.readouterr()
     assert code == 0 and "Traceback" not in err and "error" not in err, err
     assert out.count(">>> ") == 3  # two questions answered, then the end of input

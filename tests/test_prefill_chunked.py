@@ -67,8 +67,17 @@ def test_masked_blocks_stay_under_the_budget_whatever_the_context(monkeypatch):
 
 def tiny_llm(chunk: int, **extra) -> Qwen2ForCausalLM:
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=61, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
-                      num_key_value_heads=2, rope_theta=10000.0, max_position_embeddings=512, **extra)
+    cfg = Qwen2Config(
+        vocab_size=61,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        **extra,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     model.config.prefill_chunk = chunk
     return model
@@ -159,9 +168,21 @@ def reference_attention_probs(q, k):
 
 @pytest.fixture(scope="module")
 def video_xl(tmp_path_factory):
-    ckpt = make_tiny_video_xl(tmp_path_factory.mktemp("vxl") / "ckpt", seed=5, hidden=48, layers=3, heads=6,
-                              kv_heads=2, intermediate=96, image_size=84, patch=14, vision_dim=32, vision_layers=2,
-                              window=20, ratios=[3])
+    ckpt = make_tiny_video_xl(
+        tmp_path_factory.mktemp("vxl") / "ckpt",
+        seed=5,
+        hidden=48,
+        layers=3,
+        heads=6,
+        kv_heads=2,
+        intermediate=96,
+        image_size=84,
+        patch=14,
+        vision_dim=32,
+        vision_layers=2,
+        window=20,
+        ratios=[3],
+    )
     return longvid.load(ckpt)
 
 

@@ -11,9 +11,17 @@ from longvid.llm import KVCache, Qwen2Config, Qwen2ForCausalLM
 
 def twins(heads=6, kv_heads=2, tie=False, impl="sdpa"):
     torch.manual_seed(0)
-    hf_cfg = transformers.Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                                      num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                      max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=tie)
+    hf_cfg = transformers.Qwen2Config(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        tie_word_embeddings=tie,
+    )
     hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
     cfg = Qwen2Config.from_dict(hf_cfg.to_dict())
     cfg.attn_implementation = impl
@@ -25,7 +33,9 @@ def twins(heads=6, kv_heads=2, tie=False, impl="sdpa"):
     return hf, ours
 
 
-@pytest.mark.parametrize("heads,kv_heads,tie,impl", [(6, 2, False, "sdpa"), (6, 6, True, "sdpa"), (6, 3, False, "eager")])
+@pytest.mark.parametrize(
+    "heads,kv_heads,tie,impl", [(6, 2, False, "sdpa"), (6, 6, True, "sdpa"), (6, 3, False, "eager")]
+)
 def test_plain_decoder_matches_transformers(heads, kv_heads, tie, impl):
     hf, ours = twins(heads, kv_heads, tie, impl)
     ids = torch.randint(0, 97, (2, 19))
@@ -44,7 +54,9 @@ def test_incremental_cache_matches_full_forward():
     cache = KVCache(3)
     with torch.no_grad():
         ref = hf(ids).logits
-        parts = [ours.logits(ours(ours.embed(ids[:, a:b]), cache).hidden) for a, b in ((0, 9), (9, 16), (16, 17), (17, 23))]
+        parts = [
+            ours.logits(ours(ours.embed(ids[:, a:b]), cache).hidden) for a, b in ((0, 9), (9, 16), (16, 17), (17, 23))
+        ]
     torch.testing.assert_close(torch.cat(parts, 1), ref, atol=1e-5, rtol=1e-5)
     assert cache.lengths == [23, 23, 23]
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longvid.video.sampling import (SamplingPlan, fps_plan, linspace_plan, segment_middles, timestamps_plan,
-                                    uniform_plan, videochat_flash_plan)
+from longvid.video.sampling import (
+    SamplingPlan,
+    fps_plan,
+    linspace_plan,
+    segment_middles,
+    timestamps_plan,
+    uniform_plan,
+    videochat_flash_plan,
+)
 
 
 def reference(vlen, fps, max_frames, min_frames=64, local=8):
@@ -26,9 +33,23 @@ def reference(vlen, fps, max_frames, min_frames=64, local=8):
 
 
 CASES = [  # (frames, fps, max_frames)
-    (16, 4.0, 512), (10, 25.0, 512), (5, 1.0, 512), (300, 30.0, 512), (5400, 30.0, 512), (15300, 30.0, 512),
-    (100000, 29.97, 512), (100000, 29.97, 64), (100000, 29.97, 32), (7200, 24.0, 1000), (60, 1.0, 16),
-    (1800, 30.0, 0), (63, 1.0, 512), (64, 1.0, 512), (65, 1.0, 512), (1, 30.0, 512), (9, 3.0, 8),
+    (16, 4.0, 512),
+    (10, 25.0, 512),
+    (5, 1.0, 512),
+    (300, 30.0, 512),
+    (5400, 30.0, 512),
+    (15300, 30.0, 512),
+    (100000, 29.97, 512),
+    (100000, 29.97, 64),
+    (100000, 29.97, 32),
+    (7200, 24.0, 1000),
+    (60, 1.0, 16),
+    (1800, 30.0, 0),
+    (63, 1.0, 512),
+    (64, 1.0, 512),
+    (65, 1.0, 512),
+    (1, 30.0, 512),
+    (9, 3.0, 8),
 ]
 
 

@@ -45,11 +45,35 @@ def media_root(tmp_path_factory, short_video):
 @pytest.fixture(scope="module")
 def servers(tiny_checkpoint, media_root, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    main = ServerProcess(tiny_checkpoint, "--served-model-name", MODEL, "--api-key", KEY, "--media-root", media_root,
-                         "--max-concurrency", "1", "--max-queue", "2", "--max-media-mb", "1",
-                         "--log-level", "warning", log=logs / "main.log").launch()
-    remote = ServerProcess(tiny_checkpoint, "--served-model-name", MODEL, "--allow-remote-media", "--timeout", "4",
-                           "--log-level", "warning", log=logs / "remote.log").launch()
+    main = ServerProcess(
+        tiny_checkpoint,
+        "--served-model-name",
+        MODEL,
+        "--api-key",
+        KEY,
+        "--media-root",
+        media_root,
+        "--max-concurrency",
+        "1",
+        "--max-queue",
+        "2",
+        "--max-media-mb",
+        "1",
+        "--log-level",
+        "warning",
+        log=logs / "main.log",
+    ).launch()
+    remote = ServerProcess(
+        tiny_checkpoint,
+        "--served-model-name",
+        MODEL,
+        "--allow-remote-media",
+        "--timeout",
+        "4",
+        "--log-level",
+        "warning",
+        log=logs / "remote.log",
+    ).launch()
     try:
         yield main.wait_ready(), remote.wait_ready()
     finally:
@@ -90,8 +114,13 @@ def ask(url, question="Describe the video.", **knobs):
 def post(server, body, key=KEY, **kw) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     content = json.dumps(body) if isinstance(body, dict) else body
-    return httpx.post(f"{server.base_url}/chat/completions", content=content, timeout=120,
-                      headers={"Content-Type": "application/json", **headers}, **kw)
+    return httpx.post(
+        f"{server.base_url}/chat/completions",
+        content=content,
+        timeout=120,
+        headers={"Content-Type": "application/json", **headers},
+        **kw,
+    )
 
 
 def health(server) -> dict:
@@ -158,12 +187,17 @@ def test_streaming_matches_non_streaming(client, clip_url):
 
 
 def test_sampling_knobs_are_honoured_and_echoed(client, clip_url):
-    r = client.chat.completions.create(model=MODEL, messages=ask(clip_url), max_tokens=2,
-                                       extra_body={"mm_processor_kwargs": {"fps": 2}})
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask(clip_url), max_tokens=2, extra_body={"mm_processor_kwargs": {"fps": 2}}
+    )
     plan = r.model_extra["longvid"]["plan"]
     assert plan["name"] == "fps" and len(plan["indices"]) == 8  # 4 s at 2 fps
-    r = client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=4, video_start=1, video_end=3),
-                                       max_tokens=2, extra_body={"mm_processor_kwargs": {"num_frames": 12}})
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=ask(clip_url, nframes=4, video_start=1, video_end=3),
+        max_tokens=2,
+        extra_body={"mm_processor_kwargs": {"num_frames": 12}},
+    )
     plan = r.model_extra["longvid"]["plan"]
     assert len(plan["indices"]) == 4 and all(1.0 <= t < 3.0 for t in plan["timestamps"])
 
@@ -174,8 +208,15 @@ def test_image_by_data_url(client):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "What is shown in this picture?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is shown in this picture?"},
+            ],
+        }
+    ]
     r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3)
     info = r.model_extra["longvid"]
     assert info["plan"]["name"] == "image" and info["num_frames"] == 1
@@ -186,9 +227,12 @@ def test_video_data_url_and_multi_turn_hit_the_feature_cache(main, client, short
     first = client.chat.completions.create(model=MODEL, messages=ask(url, "What moves?", nframes=12), max_tokens=4)
     assert first.model_extra["longvid"]["feature_cache"] == "miss"
     hits = health(main)["feature_cache"]["hits"]
-    messages = [{"role": "system", "content": "You are terse."}, *ask(url, "What moves?", nframes=12),
-                {"role": "assistant", "content": first.choices[0].message.content},
-                {"role": "user", "content": "What colour is it?"}]
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        *ask(url, "What moves?", nframes=12),
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "What colour is it?"},
+    ]
     second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
     info = second.model_extra["longvid"]
     assert info["feature_cache"] == "hit" and info["timings"]["encode"] == 0.0
@@ -200,19 +244,29 @@ def test_video_data_url_and_multi_turn_hit_the_feature_cache(main, client, short
 
 
 def test_seed_and_stop_strings(client, clip_url):
-    sampled = [client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8,
-                                              temperature=1.0, top_p=0.9, seed=7).choices[0].message.content
-               for _ in range(2)]
+    sampled = [
+        client.chat.completions.create(
+            model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8, temperature=1.0, top_p=0.9, seed=7
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
-    greedy = client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8,
-                                            temperature=0).choices[0].message.content
+    greedy = (
+        client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8, temperature=0)
+        .choices[0]
+        .message.content
+    )
     stop = greedy[3:5]
-    cut = client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8,
-                                         temperature=0, stop=[stop, "never"])
-    assert cut.choices[0].message.content == greedy[:greedy.index(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = client.chat.completions.create(model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8,
-                                              temperature=0, stop=stop, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == greedy[:greedy.index(stop)]
+    cut = client.chat.completions.create(
+        model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8, temperature=0, stop=[stop, "never"]
+    )
+    assert cut.choices[0].message.content == greedy[: greedy.index(stop)] and cut.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=ask(clip_url, nframes=8), max_tokens=8, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == greedy[: greedy.index(stop)]
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -221,17 +275,22 @@ def test_seed_and_stop_strings(client, clip_url):
 def test_malformed_json_and_validation_errors(main, clip_url):
     assert_error(post(main, b'{"messages": [}'), 400, "invalid_request_error")
     assert_error(post(main, b""), 400)
-    for body in ({"messages": []}, {"messages": [{"role": "user", "content": "no video"}]},
-                 {"messages": ask(clip_url) + [{"role": "assistant", "content": "x"}]},
-                 {"messages": [{"role": "user", "content": [video(clip_url), video(clip_url)]}]},
-                 {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
-                 {"messages": [{"role": "tool", "content": "x"}]},
-                 {"messages": ask(clip_url, nframes=-1)}, {"messages": ask(clip_url, nframe=8)},
-                 {"messages": ask(clip_url), "n": 2}, {"messages": ask(clip_url), "temperature": "hot"},
-                 {"messages": ask(clip_url, nframes=5000)},  # over the server's frame limit
-                 {"messages": ask(clip_url, video_start=10, video_end=20)},  # past the end of the clip
-                 {"messages": ask(clip_url, video_start=float("inf"))},  # JSON's Infinity
-                 {"messages": ask(clip_url, "\ud800")}):  # a lone surrogate no tokenizer takes
+    for body in (
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "no video"}]},
+        {"messages": ask(clip_url) + [{"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "user", "content": [video(clip_url), video(clip_url)]}]},
+        {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+        {"messages": [{"role": "tool", "content": "x"}]},
+        {"messages": ask(clip_url, nframes=-1)},
+        {"messages": ask(clip_url, nframe=8)},
+        {"messages": ask(clip_url), "n": 2},
+        {"messages": ask(clip_url), "temperature": "hot"},
+        {"messages": ask(clip_url, nframes=5000)},  # over the server's frame limit
+        {"messages": ask(clip_url, video_start=10, video_end=20)},  # past the end of the clip
+        {"messages": ask(clip_url, video_start=float("inf"))},  # JSON's Infinity
+        {"messages": ask(clip_url, "\ud800")},
+    ):  # a lone surrogate no tokenizer takes
         assert_error(post(main, body), 400, "invalid_request_error")
 
 
@@ -247,22 +306,25 @@ def test_unknown_model_route_and_method(main, client, clip_url):
 def test_oversize_payloads(main):
     huge = {"messages": ask("data:video/mp4;base64," + "A" * (3 << 20))}  # body over the 1 MiB media cap's limit
     assert_error(post(main, huge), 413)
-    chunks = (json.dumps(huge)[i:i + 65536].encode() for i in range(0, 4 << 20, 65536))
+    chunks = (json.dumps(huge)[i : i + 65536].encode() for i in range(0, 4 << 20, 65536))
     assert_error(post(main, chunks), 413)  # no Content-Length: counted as it streams in
     over_cap = {"messages": ask("data:video/mp4;base64," + "A" * (1500 << 10))}  # 1.1 MiB decoded, body fits
     assert_error(post(main, over_cap), 413)
 
 
-@pytest.mark.parametrize("url, status", [
-    ("file:///etc/passwd", 403),
-    ("file://{root}/../outside.mp4", 403),
-    ("file://{root}/%2E%2E/outside.mp4", 403),
-    ("file://{root}/escape.mp4", 403),  # a symlink inside the root pointing outside
-    ("file://{root}/missing.mp4", 400),
-    ("file://clip.mp4", 400),
-    ("https://example.com/clip.mp4", 403),  # remote media is off on this server
-    ("gopher://example.com/clip.mp4", 400),
-])
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("file:///etc/passwd", 403),
+        ("file://{root}/../outside.mp4", 403),
+        ("file://{root}/%2E%2E/outside.mp4", 403),
+        ("file://{root}/escape.mp4", 403),  # a symlink inside the root pointing outside
+        ("file://{root}/missing.mp4", 400),
+        ("file://clip.mp4", 400),
+        ("https://example.com/clip.mp4", 403),  # remote media is off on this server
+        ("gopher://example.com/clip.mp4", 400),
+    ],
+)
 def test_media_url_rules(main, media_root, url, status):
     r = post(main, {"messages": ask(url.format(root=media_root))})
     err = assert_error(r, status)
@@ -271,8 +333,14 @@ def test_media_url_rules(main, media_root, url, status):
 
 def test_private_addresses_are_refused_when_remote_media_is_on(remote, main):
     port = main.port  # a real server on loopback: must not be reachable through the media fetcher
-    for url in (f"http://127.0.0.1:{port}/health", f"http://localhost:{port}/health", f"http://[::1]:{port}/",
-                "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/v.mp4", "http://0.0.0.0/v.mp4"):
+    for url in (
+        f"http://127.0.0.1:{port}/health",
+        f"http://localhost:{port}/health",
+        f"http://[::1]:{port}/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/v.mp4",
+        "http://0.0.0.0/v.mp4",
+    ):
         err = assert_error(post(remote, {"messages": ask(url)}, key=None), 403, "permission_error")
         assert err["code"] == "media_refused"
 
@@ -345,8 +413,12 @@ def test_streaming_disconnect_cancels_the_generation(main, clip_url):
 def test_timeout_answers_504(remote, clip_url):
     r = post(remote, {"messages": ask(_data_url(clip_url), nframes=8), "max_tokens": LONG})
     assert_error(r, 504, "timeout_error")
-    with httpx.stream("POST", f"{remote.base_url}/chat/completions", timeout=60,
-                      json={"messages": ask(_data_url(clip_url), nframes=8), "max_tokens": LONG, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        f"{remote.base_url}/chat/completions",
+        timeout=60,
+        json={"messages": ask(_data_url(clip_url), nframes=8), "max_tokens": LONG, "stream": True},
+    ) as r:
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["error"]["type"] == "timeout_error"
     wait_until(lambda: idle(remote), what="the server to go idle")

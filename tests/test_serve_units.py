@@ -22,8 +22,7 @@ pytest.importorskip("fastapi")
 from longvid.errors import InputError  # noqa: E402
 from longvid.serve import media as media_mod  # noqa: E402
 from longvid.serve.engine import TextStream  # noqa: E402
-from longvid.serve.media import (MediaPolicy, MediaRefused, MediaResolver, MediaTimeout, MediaTooLarge,  # noqa: E402
-                                 public_address)
+from longvid.serve.media import MediaPolicy, MediaRefused, MediaResolver, MediaTimeout, MediaTooLarge, public_address  # noqa: E402
 from longvid.serve.schemas import ChatCompletionRequest, Dialogue  # noqa: E402
 from longvid.serve.worker import Admission, QueueFull  # noqa: E402
 
@@ -48,13 +47,17 @@ def video(url="file:///v.mp4", **knobs):
 
 
 def test_dialogue_maps_system_history_and_question():
-    d = Dialogue.from_request(request([
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [video(nframes=8), {"type": "text", "text": "What moves?"}]},
-        {"role": "assistant", "content": "A square."},
-        {"role": "user", "content": "What colour?"},
-        {"role": "user", "content": [{"type": "text", "text": "And where?"}]},
-    ]))
+    d = Dialogue.from_request(
+        request(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [video(nframes=8), {"type": "text", "text": "What moves?"}]},
+                {"role": "assistant", "content": "A square."},
+                {"role": "user", "content": "What colour?"},
+                {"role": "user", "content": [{"type": "text", "text": "And where?"}]},
+            ]
+        )
+    )
     assert d.system == "Be brief."
     assert d.history == [("What moves?", "A square.")]
     assert d.question == "What colour?\nAnd where?"  # consecutive user messages are one turn
@@ -62,9 +65,17 @@ def test_dialogue_maps_system_history_and_question():
 
 
 def test_sampling_spellings_and_precedence():
-    d = Dialogue.from_request(request(
-        [{"role": "user", "content": [video(video_start=1, video_end=3, max_frames=6), {"type": "text", "text": "?"}]}],
-        mm_processor_kwargs={"fps": 2, "num_frames": 12, "do_sample_frames": True}))
+    d = Dialogue.from_request(
+        request(
+            [
+                {
+                    "role": "user",
+                    "content": [video(video_start=1, video_end=3, max_frames=6), {"type": "text", "text": "?"}],
+                }
+            ],
+            mm_processor_kwargs={"fps": 2, "num_frames": 12, "do_sample_frames": True},
+        )
+    )
     assert d.media.sampling == {"fps": 2, "num_frames": 12, "max_frames": 6, "start": 1, "end": 3}
     part = {"type": "video_url", "video_url": {"url": "file:///v.mp4", "fps": 0.5}, "nframes": 4}
     d = Dialogue.from_request(request([{"role": "user", "content": [part]}], mm_processor_kwargs={"num_frames": 12}))
@@ -74,24 +85,42 @@ def test_sampling_spellings_and_precedence():
         Dialogue.from_request(request([{"role": "user", "content": [bad]}]))
 
 
-@pytest.mark.parametrize("messages, match", [
-    ([{"role": "user", "content": "hi"}], "required"),
-    ([{"role": "user", "content": [video(), video()]}], "exactly one"),
-    ([{"role": "user", "content": [video()]}, {"role": "assistant", "content": "x"},
-      {"role": "user", "content": [video()]}], "exactly one"),
-    ([{"role": "user", "content": [video()]}, {"role": "assistant", "content": "x"}], "last message"),
-    ([{"role": "assistant", "content": "x"}, {"role": "user", "content": [video()]}], "start with a user"),
-    ([{"role": "system", "content": [video()]}, {"role": "user", "content": "q"}], "only user messages"),
-])
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([{"role": "user", "content": "hi"}], "required"),
+        ([{"role": "user", "content": [video(), video()]}], "exactly one"),
+        (
+            [
+                {"role": "user", "content": [video()]},
+                {"role": "assistant", "content": "x"},
+                {"role": "user", "content": [video()]},
+            ],
+            "exactly one",
+        ),
+        ([{"role": "user", "content": [video()]}, {"role": "assistant", "content": "x"}], "last message"),
+        ([{"role": "assistant", "content": "x"}, {"role": "user", "content": [video()]}], "start with a user"),
+        ([{"role": "system", "content": [video()]}, {"role": "user", "content": "q"}], "only user messages"),
+    ],
+)
 def test_dialogue_refusals(messages, match):
     with pytest.raises(InputError, match=match):
         Dialogue.from_request(request(messages))
 
 
-@pytest.mark.parametrize("extra", [{"n": 2}, {"logprobs": True}, {"tools": [{"type": "function"}]},
-                                   {"stop": [""]}, {"temperature": 3}, {"max_tokens": 0},
-                                   {"mm_processor_kwargs": {"max_pixels": 100}},
-                                   {"mm_processor_kwargs": {"do_sample_frames": False}}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"n": 2},
+        {"logprobs": True},
+        {"tools": [{"type": "function"}]},
+        {"stop": [""]},
+        {"temperature": 3},
+        {"max_tokens": 0},
+        {"mm_processor_kwargs": {"max_pixels": 100}},
+        {"mm_processor_kwargs": {"do_sample_frames": False}},
+    ],
+)
 def test_request_refusals(extra):
     from pydantic import ValidationError
 
@@ -114,7 +143,11 @@ def test_generation_overrides():
     assert request(msgs, temperature=0).generation() == {"do_sample": False}
     assert request(msgs, temperature=1e-300).generation() == {"do_sample": False}  # would overflow the softmax
     assert request(msgs, temperature=0.7, top_p=0.9, seed=3).generation() == {
-        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "seed": 3}
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "seed": 3,
+    }
     assert request(msgs, stop="x").stop == ["x"] and request(msgs).stop == []
     assert request(msgs, max_tokens=5, max_completion_tokens=7).max_new_tokens == 7
 
@@ -162,18 +195,37 @@ def test_split_utf8_and_leading_whitespace():
 # ------------------------------------------------------------------------------------------ media rules
 
 
-@pytest.mark.parametrize("address, public", [
-    ("8.8.8.8", True), ("2606:4700:4700::1111", True), ("127.0.0.1", False), ("10.1.2.3", False),
-    ("172.16.0.1", False), ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
-    ("0.0.0.0", False), ("224.0.0.1", False), ("240.0.0.1", False), ("::1", False), ("fe80::1", False),
-    ("fc00::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
-    # IPv6 forms that tunnel to IPv4 are judged by the IPv4 address inside: 6to4, Teredo, NAT64
-    ("2002:7f00:1::", False), ("2002:a00:1::1", False), ("2002:808:808::1", True),
-    ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo, client 127.0.0.1
-    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo, server 65.54.227.120, client 8.8.8.8
-    ("64:ff9b::7f00:1", False), ("64:ff9b::a9fe:a9fe", False), ("64:ff9b::808:808", True),
-    ("64:ff9b:1::a00:1", False),
-])
+@pytest.mark.parametrize(
+    "address, public",
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        # IPv6 forms that tunnel to IPv4 are judged by the IPv4 address inside: 6to4, Teredo, NAT64
+        ("2002:7f00:1::", False),
+        ("2002:a00:1::1", False),
+        ("2002:808:808::1", True),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo, client 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo, server 65.54.227.120, client 8.8.8.8
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::808:808", True),
+        ("64:ff9b:1::a00:1", False),
+    ],
+)
 def test_public_address(address, public):
     assert public_address(ipaddress.ip_address(address)) is public
 
@@ -197,8 +249,13 @@ def test_file_urls_stay_under_the_root(root):
     r = resolver(root)
     assert r.resolve(f"file://{root}/v.mp4", "video").source == root / "v.mp4"
     assert r.resolve(f"file://{root}/sub/alias.mp4", "video").source == root / "v.mp4"  # symlink inside: fine
-    for url in ("file:///etc/passwd", f"file://{root}/../secret.mp4", f"file://{root}/%2e%2e/secret.mp4",
-                f"file://{root}/escape.mp4", f"file://{root}/sub/../../secret.mp4"):
+    for url in (
+        "file:///etc/passwd",
+        f"file://{root}/../secret.mp4",
+        f"file://{root}/%2e%2e/secret.mp4",
+        f"file://{root}/escape.mp4",
+        f"file://{root}/sub/../../secret.mp4",
+    ):
         with pytest.raises(MediaRefused):
             r.resolve(url, "video")
     for url in (f"file://{root}/missing.mp4", f"file://{root}/sub", "file://v.mp4", f"file://{root}/v%00.mp4"):
@@ -230,9 +287,14 @@ def test_data_urls(tmp_path, short_video):
     assert not m.temp.exists()
     image = r.resolve("data:image/png;base64," + base64.b64encode(png_bytes()).decode(), "image")
     assert isinstance(image.source, np.ndarray) and image.source.shape == (24, 32, 3) and image.temp is None
-    for url, kind in (("data:video/mp4,abc", "video"), ("data:video/mp4;base64,@@@", "video"),
-                      ("data:text/plain;base64,aGk=", "video"), ("data:video/mp4;base64,AAAA", "image"),
-                      ("data:image/png;base64,aGVsbG8=", "image"), ("ftp://host/v.mp4", "video")):
+    for url, kind in (
+        ("data:video/mp4,abc", "video"),
+        ("data:video/mp4;base64,@@@", "video"),
+        ("data:text/plain;base64,aGk=", "video"),
+        ("data:video/mp4;base64,AAAA", "image"),
+        ("data:image/png;base64,aGVsbG8=", "image"),
+        ("ftp://host/v.mp4", "video"),
+    ):
         with pytest.raises(InputError):
             r.resolve(url, kind)
     with pytest.raises(MediaTooLarge):
@@ -247,8 +309,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         Handler.hits.append(self.path)
-        routes = {"/to-video": "/video.mp4", "/to-private": "http://10.1.2.3/x.mp4", "/to-file": "file:///etc/passwd",
-                  "/loop": "/loop"}
+        routes = {
+            "/to-video": "/video.mp4",
+            "/to-private": "http://10.1.2.3/x.mp4",
+            "/to-file": "file:///etc/passwd",
+            "/loop": "/loop",
+        }
         if self.path in routes:
             self.send_response(302)
             self.send_header("Location", routes[self.path])
@@ -312,16 +378,21 @@ def loopback_only(ip) -> bool:
 
 
 def test_download_rules(http_server, tmp_path, short_video):
-    r = resolver(None, tmp_path, allow_remote=True, max_bytes=1 << 20, fetch_timeout=1.0,
-                 address_allowed=loopback_only)
+    r = resolver(None, tmp_path, allow_remote=True, max_bytes=1 << 20, fetch_timeout=1.0, address_allowed=loopback_only)
     m = r.resolve(f"{http_server}/to-video", "video")  # a redirect to an allowed address is followed
     assert m.source.read_bytes() == short_video.read_bytes()
     m.cleanup()
     assert isinstance(r.resolve(f"{http_server}/image", "image").source, np.ndarray)
     with pytest.raises(MediaRefused):
         r.resolve(f"{http_server}/to-private", "video")  # the redirect target is checked too
-    for path, error in (("/to-file", InputError), ("/loop", InputError), ("/missing", InputError),
-                        ("/big", MediaTooLarge), ("/big-unsized", MediaTooLarge), ("/slow", MediaTimeout)):
+    for path, error in (
+        ("/to-file", InputError),
+        ("/loop", InputError),
+        ("/missing", InputError),
+        ("/big", MediaTooLarge),
+        ("/big-unsized", MediaTooLarge),
+        ("/slow", MediaTimeout),
+    ):
         with pytest.raises(error):
             r.resolve(f"{http_server}{path}", "video")
     assert list(tmp_path.iterdir()) == []  # no temp file is left behind by a failed download
@@ -330,8 +401,12 @@ def test_download_rules(http_server, tmp_path, short_video):
 def test_default_policy_never_connects_to_loopback(http_server, tmp_path):
     r = resolver(None, tmp_path, allow_remote=True)
     port = http_server.rsplit(":", 1)[1]
-    for url in (f"{http_server}/video.mp4", f"http://localhost:{port}/video.mp4", f"http://[::1]:{port}/video.mp4",
-                f"http://2130706433:{port}/video.mp4"):
+    for url in (
+        f"{http_server}/video.mp4",
+        f"http://localhost:{port}/video.mp4",
+        f"http://[::1]:{port}/video.mp4",
+        f"http://2130706433:{port}/video.mp4",
+    ):
         with pytest.raises(MediaRefused):
             r.resolve(url, "video")
     assert Handler.hits == []

@@ -13,14 +13,25 @@ import pytest
 import longvid
 from longvid.session import FeatureCache
 
-QUESTIONS = ["What shape moves across the frames, and what color is it?", "What is shown in this picture?",
-             "Describe the video."]
+QUESTIONS = [
+    "What shape moves across the frames, and what color is it?",
+    "What is shown in this picture?",
+    "Describe the video.",
+]
 SETTINGS = {
     "none": {},
-    "uniform": {"mm_llm_compress": True, "llm_compress_type": "uniform", "llm_compress_layer_list": [1, 2],
-                "llm_image_token_ratio_list": [1, 0.5, 0.25]},
-    "attention": {"mm_llm_compress": True, "llm_compress_type": "uniform0_attention",
-                  "llm_compress_layer_list": [1, 2], "llm_image_token_ratio_list": [1, 0.75, 0.25]},
+    "uniform": {
+        "mm_llm_compress": True,
+        "llm_compress_type": "uniform",
+        "llm_compress_layer_list": [1, 2],
+        "llm_image_token_ratio_list": [1, 0.5, 0.25],
+    },
+    "attention": {
+        "mm_llm_compress": True,
+        "llm_compress_type": "uniform0_attention",
+        "llm_compress_layer_list": [1, 2],
+        "llm_image_token_ratio_list": [1, 0.75, 0.25],
+    },
 }
 
 
@@ -52,7 +63,9 @@ def test_video_is_decoded_once(tiny_model, short_video):
         session.ask(q, max_new_tokens=3)
     session.reset()
     session.ask("again?", max_new_tokens=3)
-    assert calls == [16] and session.stats.video_prefills == 1 and session.history == [("again?", session.history[0][1])]
+    assert (
+        calls == [16] and session.stats.video_prefills == 1 and session.history == [("again?", session.history[0][1])]
+    )
 
 
 def test_memory_feature_cache_is_shared(tiny_model, short_video):
@@ -66,10 +79,28 @@ def test_memory_feature_cache_is_shared(tiny_model, short_video):
 
 def test_disk_cache_hit_in_a_second_process(tiny_checkpoint, short_video, tmp_path):
     def run():
-        proc = subprocess.run([sys.executable, "-m", "longvid", "ask", str(short_video), "What moves?", "--model",
-                               str(tiny_checkpoint), "--num-frames", "16", "--max-new-tokens", "4", "--json",
-                               "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "longvid",
+                "ask",
+                str(short_video),
+                "What moves?",
+                "--model",
+                str(tiny_checkpoint),
+                "--num-frames",
+                "16",
+                "--max-new-tokens",
+                "4",
+                "--json",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
@@ -94,9 +125,24 @@ def test_budget_is_checked_before_decoding(tiny_checkpoint, short_video):
 
 def test_chat_in_a_terminal(tiny_checkpoint, short_video):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(sys.executable, ["-m", "longvid", "chat", str(short_video), "--model", str(tiny_checkpoint),
-                                           "--num-frames", "8", "--max-new-tokens", "6"],
-                          encoding="utf-8", timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"})
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "longvid",
+            "chat",
+            str(short_video),
+            "--model",
+            str(tiny_checkpoint),
+            "--num-frames",
+            "8",
+            "--max-new-tokens",
+            "6",
+        ],
+        encoding="utf-8",
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb"},
+    )
     child.expect(r"8 frames -> 128 visual tokens")
     child.expect(">>> ")
     child.sendline("What moves across the frames?")

@@ -58,17 +58,33 @@ def test_encode_holds_one_batch_of_frames(tiny_model, short_video):
 
 def test_features_round_trip_and_ask(tiny_model, short_video, tmp_path, capfd):
     out = tmp_path / "f.safetensors"
-    code = main(["encode", str(short_video), "--model", str(tiny_model.folder), "--out", str(out), "--num-frames", "16"])
+    code = main(
+        ["encode", str(short_video), "--model", str(tiny_model.folder), "--out", str(out), "--num-frames", "16"]
+    )
     assert code == 0, capfd.readouterr().err
     meta = read_metadata(out)
-    assert meta["family"] == "videochat_flash" and json.loads(meta["plan"])["indices"] == \
-        tiny_model.sampling_plan(open_video(short_video), num_frames=16).indices
+    assert (
+        meta["family"] == "videochat_flash"
+        and json.loads(meta["plan"])["indices"]
+        == tiny_model.sampling_plan(open_video(short_video), num_frames=16).indices
+    )
     visual = load_features(out, tiny_model)
     assert visual.tokens.shape == (256, 64) and visual.num_frames == 16
     direct = tiny_model.ask(short_video, "What moves?", num_frames=16, max_new_tokens=6)
     capfd.readouterr()
-    code = main(["ask", "--features", str(out), "What moves?", "--model", str(tiny_model.folder),
-                 "--max-new-tokens", "6", "--json"])
+    code = main(
+        [
+            "ask",
+            "--features",
+            str(out),
+            "What moves?",
+            "--model",
+            str(tiny_model.folder),
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ]
+    )
     data = json.loads(capfd.readouterr().out)
     assert code == 0 and data["token_ids"] == direct.token_ids and data["num_frames"] == 16
 
@@ -96,8 +112,21 @@ def test_info_reports_plan_tokens_and_kv(tiny_checkpoint, short_video, capfd):
     kv_per_token = 2 * 2 * 16 * 4  # K and V, 2 kv heads, head_dim 16, fp32
     assert b["kv_bytes"] == sum(b["kv_tokens_per_layer"]) * kv_per_token
     assert b["fits"] and b["context_tokens"] == 256 + b["text_tokens"]
-    code = main(["info", str(short_video), "--model", str(tiny_checkpoint), "--num-frames", "16", "--json",
-                 "--set", "mm_llm_compress=true", "--set", "llm_compress_layer_list=[2]"])
+    code = main(
+        [
+            "info",
+            str(short_video),
+            "--model",
+            str(tiny_checkpoint),
+            "--num-frames",
+            "16",
+            "--json",
+            "--set",
+            "mm_llm_compress=true",
+            "--set",
+            "llm_compress_layer_list=[2]",
+        ]
+    )
     report = json.loads(capfd.readouterr().out)
     text = report["budget"]["text_tokens"]
     assert report["budget"]["kv_tokens_per_layer"] == [text + 256] * 2 + [text + 128] * 2

@@ -8,16 +8,19 @@ import torch
 from longvid.compress.tome import merge_schedule, tome_merge
 
 
-@pytest.mark.parametrize("tokens,target,expected", [
-    (784, 64, [392, 196, 98, 34]),  # UMT @224, 4-frame clip
-    (3136, 64, [1568, 784, 392, 196, 98, 34]),  # UMT @448 clip
-    (1024, 64, [512, 256, 128, 64]),  # InternVideo2 clip
-    (196, 64, [98, 34]),  # UMT @224 image
-    (784, 64, [392, 196, 98, 34]),  # UMT @448 image
-    (256, 64, [128, 64]),  # InternVideo2 image
-    (400, 64, [200, 100, 36]),  # fixture A clip
-    (1568, 128, [784, 392, 196, 68]),  # 8-frame clip @224
-])
+@pytest.mark.parametrize(
+    "tokens,target,expected",
+    [
+        (784, 64, [392, 196, 98, 34]),  # UMT @224, 4-frame clip
+        (3136, 64, [1568, 784, 392, 196, 98, 34]),  # UMT @448 clip
+        (1024, 64, [512, 256, 128, 64]),  # InternVideo2 clip
+        (196, 64, [98, 34]),  # UMT @224 image
+        (784, 64, [392, 196, 98, 34]),  # UMT @448 image
+        (256, 64, [128, 64]),  # InternVideo2 image
+        (400, 64, [200, 100, 36]),  # fixture A clip
+        (1568, 128, [784, 392, 196, 68]),  # 8-frame clip @224
+    ],
+)
 def test_merge_schedule(tokens, target, expected):
     assert merge_schedule(tokens, target) == expected
     assert tokens - sum(expected) == target
@@ -31,8 +34,10 @@ def reference_merge(x: torch.Tensor, target: int, heads: int) -> torch.Tensor:
         metric = x.reshape(x.shape[0], heads, -1).mean(1)
         metric = metric / metric.norm(dim=-1, keepdim=True)
         a_idx, b_idx = list(range(0, x.shape[0], 2)), list(range(1, x.shape[0], 2))
-        best = [(float((metric[i] * metric[b_idx]).sum(-1).max()), int((metric[i] * metric[b_idx]).sum(-1).argmax()))
-                for i in a_idx]
+        best = [
+            (float((metric[i] * metric[b_idx]).sum(-1).max()), int((metric[i] * metric[b_idx]).sum(-1).argmax()))
+            for i in a_idx
+        ]
         order = sorted(range(len(a_idx)), key=lambda i: -best[i][0])
         merged_b = {j: (x[b_idx[j]] * size[b_idx[j]], float(size[b_idx[j]])) for j in range(len(b_idx))}
         for i in order[:r]:
@@ -62,6 +67,7 @@ def test_merge_preserves_total_mass():
     # size-weighted averages: the sum over tokens weighted by how many they absorbed equals the input sum
     sizes = torch.ones(1, 100, 1, dtype=torch.float64)
     from longvid.compress.tome import _apply
+
     for d in decisions:
         sizes = _apply(sizes, d)
     torch.testing.assert_close((out * sizes).sum(1), x.sum(1))

@@ -21,29 +21,51 @@ from safetensors import safe_open
 from safetensors.torch import load_file as safe_load
 
 import longvid
+from conftest import PARITY, REPO, missing_parity
 from longvid.checkpoint import load_tokenizer, read_weights
 from longvid.cli import main
 from longvid.errors import ConfigError, InputError
 from longvid.prompt import IMAGE_TOKEN_INDEX, Conversation, time_message
 from longvid.train import load_config, train
 from longvid.train.config import DataSpec, deep_merge
-from longvid.train.data import (IGNORE_INDEX, ChatEncoder, GlobalBatches, TrainDataset, VisualLayout, collate,
-                                read_records, with_image_first)
+from longvid.train.data import (
+    IGNORE_INDEX,
+    ChatEncoder,
+    GlobalBatches,
+    TrainDataset,
+    VisualLayout,
+    collate,
+    read_records,
+    with_image_first,
+)
 from longvid.train.lora import base_name, is_lora_key
 from longvid.train.toy import generate
 
-from conftest import PARITY, REPO, missing_parity
-
-TINY_INIT = {"vocab_size": 512, "hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 64,
-             "image_size": 64, "patch": 8, "vision_dim": 32, "vision_depth": 2, "vision_heads": 4, "seed": 0}
+TINY_INIT = {
+    "vocab_size": 512,
+    "hidden": 32,
+    "layers": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 64,
+    "image_size": 64,
+    "patch": 8,
+    "vision_dim": 32,
+    "vision_depth": 2,
+    "vision_heads": 4,
+    "seed": 0,
+}
 SMALL: dict[str, Any] = {
     "name": "small",
     "seed": 0,
     "threads": 1,
     "model": {"init": TINY_INIT},
     "trainable": {"vision_tower": 1.0e-3, "projector": 1.0e-3, "llm": 1.0e-3},
-    "data": {"synthetic": {"videos": 16, "images": 8, "frames": [4, 12], "size": 64, "fps": 4, "format": "npy"},
-             "frames_upbound": 8, "num_workers": 1},
+    "data": {
+        "synthetic": {"videos": 16, "images": 8, "frames": [4, 12], "size": 64, "fps": 4, "format": "npy"},
+        "frames_upbound": 8,
+        "num_workers": 1,
+    },
     "optim": {"global_batch_size": 8, "micro_batch_size": 2, "max_steps": 8, "warmup_steps": 0},
     "output": {"dir": "runs/unused", "save_every": 2},
 }
@@ -88,8 +110,10 @@ def test_training_string_and_label_masks_follow_the_official_trainer(tiny_checkp
     tok = load_tokenizer(tiny_checkpoint)
     msg = time_message(4.0, 16)
     text = with_image_first("What color is the shape? <image>", msg)
-    assert text == ("<image>\nThe video lasts for 4.00 seconds, and 16 frames are uniformly sampled from it. "
-                    "\nWhat color is the shape?")
+    assert text == (
+        "<image>\nThe video lasts for 4.00 seconds, and 16 frames are uniformly sampled from it. "
+        "\nWhat color is the shape?"
+    )
     encoder = ChatEncoder(tok, "You are a helpful assistant.")
     ids, labels = encoder.encode([("user", text), ("assistant", "The shape is red.")])
     # the token sequence is the inference prompt (ChatML, default system) plus the answer turn
@@ -99,12 +123,16 @@ def test_training_string_and_label_masks_follow_the_official_trainer(tiny_checkp
     rendered = conv.render(add_generation_prompt=False)
     assert ids.count(IMAGE_TOKEN_INDEX) == 1
     cut = ids.index(IMAGE_TOKEN_INDEX)
-    assert tok.decode(ids[:cut]) + "<image>" + tok.decode(ids[cut + 1:]) == rendered
+    assert tok.decode(ids[:cut]) + "<image>" + tok.decode(ids[cut + 1 :]) == rendered
     # system and user turns: only <|im_start|>, <|im_end|> and "\n" tokens are supervised
-    specials = {tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>"),
-                tok("\n", add_special_tokens=False).input_ids[0]}
-    answer_start = len(ids) - len(tok("<|im_start|>assistant\nThe shape is red.<|im_end|>\n",
-                                      add_special_tokens=False).input_ids)
+    specials = {
+        tok.convert_tokens_to_ids("<|im_start|>"),
+        tok.convert_tokens_to_ids("<|im_end|>"),
+        tok("\n", add_special_tokens=False).input_ids[0],
+    }
+    answer_start = len(ids) - len(
+        tok("<|im_start|>assistant\nThe shape is red.<|im_end|>\n", add_special_tokens=False).input_ids
+    )
     for i, (t, lab) in enumerate(zip(ids, labels)):
         if i >= answer_start:
             assert lab == t  # the whole assistant turn, header included
@@ -113,23 +141,31 @@ def test_training_string_and_label_masks_follow_the_official_trainer(tiny_checkp
     assert sum(lab != IGNORE_INDEX for lab in labels[:answer_start]) >= 6
     # labels: answers supervises only the replies and their <|im_end|>
     ids2, labels2 = ChatEncoder(tok, "You are a helpful assistant.", labels="answers").encode(
-        [("user", text), ("assistant", "The shape is red.")])
+        [("user", text), ("assistant", "The shape is red.")]
+    )
     assert ids2 == ids
-    assert [t for t in labels2 if t != IGNORE_INDEX] == tok("The shape is red.<|im_end|>", add_special_tokens=False).input_ids
+    assert [t for t in labels2 if t != IGNORE_INDEX] == tok(
+        "The shape is red.<|im_end|>", add_special_tokens=False
+    ).input_ids
     # images get no time message; a leading non-human turn is dropped like the official trainer
     assert with_image_first("<image>\nWhat is it?") == "<image>\nWhat is it?"
 
 
 def test_records_fail_fast_with_their_line_number(tmp_path):
-    good = {"id": "a", "video": "a.mp4", "conversations": [{"from": "human", "value": "<image>\nQ?"},
-                                                           {"from": "gpt", "value": "A."}]}
+    good = {
+        "id": "a",
+        "video": "a.mp4",
+        "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}],
+    }
     bad_cases = [
-        ({"video": "a.mp4", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]},
-         "exactly one <image>"),
+        (
+            {"video": "a.mp4", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]},
+            "exactly one <image>",
+        ),
         ({"image": "a.png", "video": "a.mp4", "conversations": good["conversations"]}, "not both"),
         ({"conversations": [{"from": "human", "value": "Q"}]}, "no gpt answer"),
-        ({"video": "a.mp4", "conversations": [{"from": "robot", "value": "x"}]}, "unknown \"from\""),
-        ({"video": "a.mp4", "start": 5, "end": 2, "conversations": good["conversations"]}, "after \"start\""),
+        ({"video": "a.mp4", "conversations": [{"from": "robot", "value": "x"}]}, 'unknown "from"'),
+        ({"video": "a.mp4", "start": 5, "end": 2, "conversations": good["conversations"]}, 'after "start"'),
         ({"id": 1}, "conversations"),
     ]
     for record, needle in bad_cases:
@@ -170,8 +206,13 @@ def test_batches_mix_images_and_videos_with_right_padding(tiny_checkpoint, tmp_p
     folder = tmp_path / "toy"
     generate(folder, {"videos": 3, "images": 2, "frames": [5, 9], "size": 64, "fps": 4, "format": "mp4"})
     records = read_records(folder / "records.jsonl", folder)
-    ds = TrainDataset(records, load_tokenizer(tiny_checkpoint), DataSpec(frames_upbound=8),
-                      VisualLayout(image_size=32, frames_per_clip=4), max_length=4096)
+    ds = TrainDataset(
+        records,
+        load_tokenizer(tiny_checkpoint),
+        DataSpec(frames_upbound=8),
+        VisualLayout(image_size=32, frames_per_clip=4),
+        max_length=4096,
+    )
     samples = [ds.load(i) for i in range(len(ds))]
     assert all(not isinstance(s, str) for s in samples)
     batch = collate(samples, [], pad_id=0, frames_per_clip=4)
@@ -192,8 +233,16 @@ def test_sample_all_keeps_every_frame_of_presampled_videos(tiny_checkpoint, tmp_
     frames = np.zeros((7, 32, 32, 3), np.uint8)
     frames[4] = 255  # a needle the official sampler drops: 7 s at 1 fps -> frames 0, 1, 3, 5
     np.save(tmp_path / "v.npy", frames)
-    (tmp_path / "r.jsonl").write_text(json.dumps({"video": "v.npy", "fps": 1, "conversations": [
-        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "White."}]}) + "\n")
+    (tmp_path / "r.jsonl").write_text(
+        json.dumps(
+            {
+                "video": "v.npy",
+                "fps": 1,
+                "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "White."}],
+            }
+        )
+        + "\n"
+    )
     records = read_records(tmp_path / "r.jsonl", tmp_path)
     layout = VisualLayout(image_size=32, frames_per_clip=4)
     pixels = {}
@@ -220,8 +269,10 @@ def test_tiny_example_runs(tmp_path, capfd):
     # a finished run refuses to start again in place, and --resume of a finished run is a no-op
     assert main(["train", str(REPO / "examples/train/tiny.yaml"), "--output", str(out)]) == 2
     assert "--resume" in capfd.readouterr().err
-    assert main(["train", str(REPO / "examples/train/tiny.yaml"), "--output", str(out), "--max-steps", "2",
-                 "--resume"]) == 0
+    assert (
+        main(["train", str(REPO / "examples/train/tiny.yaml"), "--output", str(out), "--max-steps", "2", "--resume"])
+        == 0
+    )
     assert len(metrics(out)) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nothing to resume: ") and "already finished (2 steps)" in err[0], err
@@ -233,13 +284,24 @@ def test_missing_and_corrupt_videos_are_skipped_and_counted(tmp_path, capfd):
     lines = (folder / "records.jsonl").read_text().splitlines()
     conv = json.loads(lines[0])["conversations"]
     (folder / "corrupt.mp4").write_bytes(os.urandom(3000))
-    lines += [json.dumps({"id": "gone", "video": "missing.mp4", "conversations": conv}),
-              json.dumps({"id": "bad", "video": "corrupt.mp4", "conversations": conv})]
+    lines += [
+        json.dumps({"id": "gone", "video": "missing.mp4", "conversations": conv}),
+        json.dumps({"id": "bad", "video": "corrupt.mp4", "conversations": conv}),
+    ]
     (folder / "records.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = write_config(tmp_path, {"data": {"synthetic": None, "files": [str(folder / "records.jsonl")],
-                                           "root": str(folder), "num_workers": 0},
-                                  "optim": {"global_batch_size": 6, "micro_batch_size": 3, "max_steps": 2},
-                                  "output": {"save_every": 0}})
+    cfg = write_config(
+        tmp_path,
+        {
+            "data": {
+                "synthetic": None,
+                "files": [str(folder / "records.jsonl")],
+                "root": str(folder),
+                "num_workers": 0,
+            },
+            "optim": {"global_batch_size": 6, "micro_batch_size": 3, "max_steps": 2},
+            "output": {"save_every": 0},
+        },
+    )
     [result] = train(cfg, output=str(tmp_path / "run"))
     err = capfd.readouterr().err
     rows = metrics(tmp_path / "run")
@@ -256,17 +318,20 @@ def test_a_bug_in_our_code_fails_the_run_instead_of_skipping(tmp_path, monkeypat
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(data_mod.SquashProcessor, "__call__", broken)
-    cfg = write_config(tmp_path, {"optim": {"max_steps": 1}, "output": {"save_every": 0},
-                                  "data": {"num_workers": 0}})
+    cfg = write_config(tmp_path, {"optim": {"max_steps": 1}, "output": {"save_every": 0}, "data": {"num_workers": 0}})
     with pytest.raises(ZeroDivisionError):
         train(cfg, output=str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--nproc", "0"], "--nproc must be at least 1"), (["--max-steps", "-1"], "--max-steps must be at least 1"),
-    (["--set", "trainable.llm=-0.001"], "trainable.llm must be a learning rate >= 0"),
-    (["--set", "optim.warmup_ratio=2"], "warmup_ratio must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--nproc", "0"], "--nproc must be at least 1"),
+        (["--max-steps", "-1"], "--max-steps must be at least 1"),
+        (["--set", "trainable.llm=-0.001"], "trainable.llm must be a learning rate >= 0"),
+        (["--set", "optim.warmup_ratio=2"], "warmup_ratio must be between 0 and 1"),
+    ],
+)
 def test_negative_or_zero_settings_are_refused(tmp_path, capfd, args, needle):
     cfg = write_config(tmp_path)
     code = main(["train", str(cfg), "--output", str(tmp_path / "run"), *args])
@@ -276,7 +341,10 @@ def test_negative_or_zero_settings_are_refused(tmp_path, capfd, args, needle):
 
 def test_malformed_record_or_config_fails_before_training(tmp_path, capfd):
     data = tmp_path / "data.jsonl"
-    good = {"video": "a.npy", "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}]}
+    good = {
+        "video": "a.npy",
+        "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}],
+    }
     data.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + json.dumps({"video": "b.npy"}) + "\n")
     cfg = write_config(tmp_path, {"data": {"synthetic": None, "files": [str(data)]}})
     for extra in ([], ["--nproc", "2"]):
@@ -284,20 +352,27 @@ def test_malformed_record_or_config_fails_before_training(tmp_path, capfd):
         err = capfd.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {data}:3: "), err
     assert not list((tmp_path / "run").glob("init-*"))  # failed before building anything
-    for changes, needle in [({"optim": {"lr": 1}}, "unknown setting optim.lr"),
-                            ({"optim": {"global_batch_size": 7}}, "multiple of optim.micro_batch_size"),
-                            ({"trainable": {"llm": "fast"}}, "trainable.llm: expected float"),
-                            ({"trainable": {"decoder": 1e-3}}, "unknown trainable module 'decoder'")]:
+    for changes, needle in [
+        ({"optim": {"lr": 1}}, "unknown setting optim.lr"),
+        ({"optim": {"global_batch_size": 7}}, "multiple of optim.micro_batch_size"),
+        ({"trainable": {"llm": "fast"}}, "trainable.llm: expected float"),
+        ({"trainable": {"decoder": 1e-3}}, "unknown trainable module 'decoder'"),
+    ]:
         code = main(["train", str(write_config(tmp_path, changes, "bad.yaml")), "--output", str(tmp_path / "r2")])
         err = capfd.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and needle in err[0], err
 
 
 def test_multi_stage_config_continues_from_the_previous_stage(tmp_path):
-    cfg = write_config(tmp_path, {"stages": [
-        {"name": "short", "data": {"frames_upbound": 4}, "trainable": {"vision_tower": None, "llm": None}},
-        {"name": "long", "data": {"frames_lowbound": 8, "frames_upbound": 16}, "optim": {"max_steps": 3}},
-    ]})
+    cfg = write_config(
+        tmp_path,
+        {
+            "stages": [
+                {"name": "short", "data": {"frames_upbound": 4}, "trainable": {"vision_tower": None, "llm": None}},
+                {"name": "long", "data": {"frames_lowbound": 8, "frames_upbound": 16}, "optim": {"max_steps": 3}},
+            ]
+        },
+    )
     stages = load_config(cfg, output=str(tmp_path / "run"), max_steps=2)
     assert [s.name for s in stages] == ["short", "long"]
     assert stages[0].model.init == TINY_INIT and stages[1].continues
@@ -308,16 +383,26 @@ def test_multi_stage_config_continues_from_the_previous_stage(tmp_path):
     rows = metrics(tmp_path / "run")
     assert [(r["stage"], r["step"]) for r in rows] == [("short", 1), ("short", 2), ("long", 3), ("long", 4)]
     assert changed_parts(next((tmp_path / "run").glob("init-*")), tmp_path / "run/short/final") == {"mm_projector"}
-    assert changed_parts(tmp_path / "run/short/final", tmp_path / "run/long/final") == \
-        {"vision_tower", "mm_projector", "llm"}
+    assert changed_parts(tmp_path / "run/short/final", tmp_path / "run/long/final") == {
+        "vision_tower",
+        "mm_projector",
+        "llm",
+    }
     with pytest.raises(ConfigError, match="give model.path"):
         load_config(write_config(tmp_path, {"model": {"init": None}}, "nomodel.yaml"))
 
 
 def test_lora_trains_only_adapters_and_merges_to_the_same_logits(tmp_path, capfd):
-    cfg = write_config(tmp_path, {"trainable": {"vision_tower": None, "projector": None, "llm": 1e-2},
-                                  "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]},
-                                  "optim": {"max_steps": 3}, "data": {"num_workers": 0}, "output": {"save_every": 2}})
+    cfg = write_config(
+        tmp_path,
+        {
+            "trainable": {"vision_tower": None, "projector": None, "llm": 1e-2},
+            "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]},
+            "optim": {"max_steps": 3},
+            "data": {"num_workers": 0},
+            "output": {"save_every": 2},
+        },
+    )
     [result] = train(cfg, output=str(tmp_path / "run"), keep_module=True)
     model = result.module.model.eval()
     init = read_weights(next((tmp_path / "run").glob("init-*")))
@@ -330,8 +415,11 @@ def test_lora_trains_only_adapters_and_merges_to_the_same_logits(tmp_path, capfd
     assert lora_b and all(b.abs().sum() > 0 for b in lora_b)  # B starts at zero: every adapter moved
     final = tmp_path / "run/final"
     config = json.loads((final / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 4 and sorted(config["target_modules"]) == \
-        ["down_proj", "q_proj", "v_proj"]
+    assert (
+        config["peft_type"] == "LORA"
+        and config["r"] == 4
+        and sorted(config["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    )
     assert all(k.startswith("base_model.model.model.layers.") for k in keys(final / "adapter_model.safetensors"))
     assert len(keys(final / "adapter_model.safetensors")) == 2 * 3 * 2  # A, B x 3 targets x 2 layers
     assert keys(final / "non_lora_trainables.safetensors") == set()
@@ -341,9 +429,21 @@ def test_lora_trains_only_adapters_and_merges_to_the_same_logits(tmp_path, capfd
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = json.loads((final / "config.json").read_text())
-    hf = Qwen2ForCausalLM(Qwen2Config(**{k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
-                                                              "num_hidden_layers", "num_attention_heads",
-                                                              "num_key_value_heads")}))
+    hf = Qwen2ForCausalLM(
+        Qwen2Config(
+            **{
+                k: cfg[k]
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                )
+            }
+        )
+    )
     peft_state = PeftModel.from_pretrained(hf, str(final)).state_dict()
     for key, value in safe_load(final / "adapter_model.safetensors").items():
         assert torch.equal(peft_state[key.replace(".weight", ".default.weight")], value)
@@ -365,17 +465,27 @@ def test_checkpoints_use_the_released_key_names(tmp_path):
     if not (fixture / "model.safetensors").is_file():
         missing_parity(fixture)
     # built from the fixture's own config.json: every released key, nothing else
-    cfg = write_config(tmp_path, {"model": {"init": None, "path": str(fixture)}, "data": {"frames_upbound": 4,
-                                  "num_workers": 0}, "optim": {"global_batch_size": 2, "micro_batch_size": 2,
-                                                               "max_steps": 2}, "output": {"save_every": 1}})
+    cfg = write_config(
+        tmp_path,
+        {
+            "model": {"init": None, "path": str(fixture)},
+            "data": {"frames_upbound": 4, "num_workers": 0},
+            "optim": {"global_batch_size": 2, "micro_batch_size": 2, "max_steps": 2},
+            "output": {"save_every": 1},
+        },
+    )
     train(cfg, output=str(tmp_path / "run"))
     expected = keys(fixture / "model.safetensors")
     for folder in (tmp_path / "run/final", tmp_path / "run/checkpoints/step-00000001"):
         assert keys(folder / "model.safetensors") == expected
         assert json.loads((folder / "config.json").read_text()) == json.loads((fixture / "config.json").read_text())
         model = longvid.load(folder)
-        answer = model.ask(np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8),
-                           "What moves?", max_new_tokens=2, num_frames=8)
+        answer = model.ask(
+            np.random.default_rng(0).integers(0, 255, (8, 40, 40, 3), dtype=np.uint8),
+            "What moves?",
+            max_new_tokens=2,
+            num_frames=8,
+        )
         assert answer.num_visual_tokens == 128
     trained, original = read_weights(tmp_path / "run/final"), read_weights(fixture)
     assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in original.items()}
@@ -413,7 +523,9 @@ def reference_run(small_config, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one_and_learn(strategy, small_config, reference_run, tmp_path):
     out = tmp_path / "run"
-    run_cli("train", str(small_config), "--output", str(out), "--nproc", "2", "--set", f"distributed.strategy={strategy}")
+    run_cli(
+        "train", str(small_config), "--output", str(out), "--nproc", "2", "--set", f"distributed.strategy={strategy}"
+    )
     one, two = losses(reference_run), losses(out)
     print(f"{strategy}: 1 process {one}\n{strategy}: 2 processes {two}")
     assert abs(one[0] - two[0]) < 1e-5  # the same global batch from the same weights
@@ -427,8 +539,13 @@ def test_two_processes_match_one_and_learn(strategy, small_config, reference_run
 def test_kill_9_then_resume_reproduces_the_losses(small_config, reference_run, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(longvid_cmd("train", str(small_config), "--output", str(out)), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        longvid_cmd("train", str(small_config), "--output", str(out)),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = out / "checkpoints/step-00000002"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -439,8 +556,10 @@ def test_kill_9_then_resume_reproduces_the_losses(small_config, reference_run, t
     assert 2 <= killed_at < 8
     run_cli("train", str(small_config), "--output", str(out), "--resume")
     resumed, reference = losses(out), losses(reference_run)
-    print(f"killed after step {killed_at}; max |resumed - uninterrupted| = "
-          f"{max(abs(a - b) for a, b in zip(resumed, reference)):.1e}")
+    print(
+        f"killed after step {killed_at}; max |resumed - uninterrupted| = "
+        f"{max(abs(a - b) for a, b in zip(resumed, reference)):.1e}"
+    )
     assert [m["step"] for m in metrics(out)] == list(range(1, 9))
     np.testing.assert_allclose(resumed, reference, rtol=0, atol=1e-6)
     final, ref = read_weights(out / "final"), read_weights(reference_run / "final")
@@ -452,9 +571,26 @@ def test_accelerate_launch_two_processes_match_one(small_config, reference_run, 
     """`accelerate launch` (as the train command's help shows) runs the same DDP training as --nproc."""
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "longvid", "train", str(small_config), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "longvid",
+        "train",
+        str(small_config),
+        "--output",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes" in done.stderr and [m["samples"] for m in metrics(out)] == [8] * 8
@@ -466,8 +602,14 @@ def test_two_processes_kill_9_then_resume(small_config, reference_run, tmp_path)
     """kill -9 of the launcher and both workers mid-run; --resume on 2 processes ends where one run does."""
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(longvid_cmd("train", str(small_config), "--output", str(out), "--nproc", "2"), env=env,
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        longvid_cmd("train", str(small_config), "--output", str(out), "--nproc", "2"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoint = out / "checkpoints/step-00000002"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -485,10 +627,18 @@ def test_official_stage_configs_run_on_a_tiny_model(tmp_path):
     """Each ready stage config, pointed at a tiny model and generated data, trains what the recipe says."""
     from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
 
-    init = make_checkpoint(tmp_path / "init", tiny_videochat_flash_config(512, hidden=32, layers=2, intermediate=64,
-                                                                          vision_dim=32, vision_depth=2))
-    tiny_data = {"data.files": [], "data.synthetic": {"videos": 4, "images": 2, "frames": [8, 16], "size": 64},
-                 "data.num_workers": 0, "optim.global_batch_size": 2, "optim.micro_batch_size": 1, "threads": 1}
+    init = make_checkpoint(
+        tmp_path / "init",
+        tiny_videochat_flash_config(512, hidden=32, layers=2, intermediate=64, vision_dim=32, vision_depth=2),
+    )
+    tiny_data = {
+        "data.files": [],
+        "data.synthetic": {"videos": 4, "images": 2, "frames": [8, 16], "size": 64},
+        "data.num_workers": 0,
+        "optim.global_batch_size": 2,
+        "optim.micro_batch_size": 1,
+        "threads": 1,
+    }
     previous = init
     trained = {}
     for name in ("stage1_connector", "stage2_short_video", "stage3_short_long_sft", "stage4_highres"):
@@ -509,8 +659,18 @@ def test_official_stage_configs_run_on_a_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_deepspeed_zero2_matches_one_process(small_config, reference_run, tmp_path):
     out = tmp_path / "run"
-    run_cli("train", str(small_config), "--output", str(out), "--nproc", "2",
-            "--set", "distributed.strategy=deepspeed", "--set", "distributed.zero_stage=2")
+    run_cli(
+        "train",
+        str(small_config),
+        "--output",
+        str(out),
+        "--nproc",
+        "2",
+        "--set",
+        "distributed.strategy=deepspeed",
+        "--set",
+        "distributed.zero_stage=2",
+    )
     np.testing.assert_allclose(losses(out), losses(reference_run), atol=1e-4)
 
 
@@ -521,8 +681,14 @@ def test_needle_task_trains_with_its_tokenizer_and_position_skipping(tmp_path):
     """`task: needle` writes videos + text records; `tokenizer: needle` keeps option markers whole;
     `use_pos_skipping` shifts positions in training only."""
     init = {**TINY_INIT, "tokenizer": "needle", "use_pos_skipping": True, "pos_skipping_range": 64}
-    cfg = write_config(tmp_path, {"model": {"init": init}, "optim": {"max_steps": 2, "global_batch_size": 4},
-                                  "data": {"time_message": "chat", "frames_upbound": 8}})
+    cfg = write_config(
+        tmp_path,
+        {
+            "model": {"init": init},
+            "optim": {"max_steps": 2, "global_batch_size": 4},
+            "data": {"time_message": "chat", "frames_upbound": 8},
+        },
+    )
     raw = yaml.safe_load(cfg.read_text())
     raw["data"]["synthetic"] = {"task": "needle", "samples": 12, "frames": [4, 8], "turns": 2, "open": 0.5, "text": 0.3}
     cfg.write_text(yaml.safe_dump(raw))
@@ -532,7 +698,9 @@ def test_needle_task_trains_with_its_tokenizer_and_position_skipping(tmp_path):
     records = [json.loads(line) for line in next(out.rglob("records.jsonl")).read_text().splitlines()]
     assert any("video" in r for r in records) and any("video" not in r for r in records)
     tokenizer = load_tokenizer(out / "final")
-    assert [tokenizer.convert_ids_to_tokens(i) for i in tokenizer("(A) red", add_special_tokens=False).input_ids][0] == "(A)"
+    assert [tokenizer.convert_ids_to_tokens(i) for i in tokenizer("(A) red", add_special_tokens=False).input_ids][
+        0
+    ] == "(A)"
     from longvid.train.module import TrainingModule
 
     module = TrainingModule(longvid.load(out / "final"))

@@ -20,23 +20,28 @@ from longvid.video import open_video
 @pytest.fixture(scope="module")
 def coded(tmp_path_factory):
     """600 frames of H.264 with B-frames (3) and a keyframe every 50 frames, each carrying its index."""
-    return write_video(tmp_path_factory.mktemp("coded") / "coded.mp4", index_frames(600), fps=30, gop=50, bframes=3,
-                       crf=28)
+    return write_video(
+        tmp_path_factory.mktemp("coded") / "coded.mp4", index_frames(600), fps=30, gop=50, bframes=3, crf=28
+    )
 
 
 def test_frame_exact_random_access(coded):
     v = open_video(coded)
     assert v.num_frames == 600 and v.fps == 30.0 and v.info.codec == "h264"
     rng = np.random.default_rng(0)
-    for indices in (sorted(rng.choice(600, 150, replace=False).tolist()),  # playback order
-                    rng.choice(600, 40).tolist(),  # any order, with repeats
-                    [0, 49, 50, 51, 599, 599, 599],  # GOP edges, the last (delayed B-frame) frame, padding
-                    list(range(100, 140))):  # dense
+    for indices in (
+        sorted(rng.choice(600, 150, replace=False).tolist()),  # playback order
+        rng.choice(600, 40).tolist(),  # any order, with repeats
+        [0, 49, 50, 51, 599, 599, 599],  # GOP edges, the last (delayed B-frame) frame, padding
+        list(range(100, 140)),
+    ):  # dense
         got = [read_index(f) for f in v.frames(indices)]
         assert got == indices
 
 
-@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4"), ("mov", "libx264")])
+@pytest.mark.parametrize(
+    "ext,codec", [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4"), ("mov", "libx264")]
+)
 def test_containers(tmp_path, ext, codec):
     path = write_video(tmp_path / f"v.{ext}", index_frames(60), fps=25, codec=codec, gop=10)
     v = open_video(path)
@@ -189,11 +194,13 @@ def test_decoding_matches_a_full_decode(coded, threads):
     gops = [[i for i in range(600) if v.key_before(v._pts[i]) == k] for k in v._key_pts]
     longest = max(gops, key=len)
     assert len(longest) >= 20 and len(v.runs(longest)) == 1
-    plans = [list(range(600)),  # dense: every frame of every GOP
-             sorted(rng.choice(600, 97, replace=False).tolist()),  # a few frames per GOP
-             [gop[len(gop) // 2] for gop in gops],  # one frame per GOP (one run each)
-             longest,  # inside one GOP: one decoder with FFmpeg's frame threads
-             rng.choice(600, 30).tolist()]  # any order, repeats
+    plans = [
+        list(range(600)),  # dense: every frame of every GOP
+        sorted(rng.choice(600, 97, replace=False).tolist()),  # a few frames per GOP
+        [gop[len(gop) // 2] for gop in gops],  # one frame per GOP (one run each)
+        longest,  # inside one GOP: one decoder with FFmpeg's frame threads
+        rng.choice(600, 30).tolist(),
+    ]  # any order, repeats
     for plan in plans:
         got = list(v.frames(plan))
         wrong = sum(not np.array_equal(g, reference[i]) for g, i in zip(got, plan))

@@ -26,9 +26,22 @@ QUESTION = "Which shape appears in the video? Options: (A) red (B) green (C) blu
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     # 84 px / patch 14 -> 6x6 patches -> 3x3 = 9 tokens per frame; windows of 20 rows (not whole frames)
-    return make_tiny_video_xl(tmp_path_factory.mktemp("vxl") / "ckpt", seed=3, hidden=48, layers=3, heads=6,
-                              kv_heads=2, intermediate=96, image_size=84, patch=14, vision_dim=32, vision_layers=2,
-                              window=20, ratios=[3], mm_vision_select_layer=-2)
+    return make_tiny_video_xl(
+        tmp_path_factory.mktemp("vxl") / "ckpt",
+        seed=3,
+        hidden=48,
+        layers=3,
+        heads=6,
+        kv_heads=2,
+        intermediate=96,
+        image_size=84,
+        patch=14,
+        vision_dim=32,
+        vision_layers=2,
+        window=20,
+        ratios=[3],
+        mm_vision_select_layer=-2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +61,7 @@ def rope(x, positions, theta):
     d = x.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
     angles = torch.cat([positions.float()[:, None] * inv] * 2, dim=-1)
-    rotated = torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1)
+    rotated = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], dim=-1)
     return x * angles.cos() + rotated * angles.sin()
 
 
@@ -68,7 +81,7 @@ def release_style(m, ids, visual, ratios, new_tokens):
             a = layer.self_attn
             h = layer.input_layernorm(x)
 
-            def proj(name):
+            def proj(name, a=a, h=h):
                 out = getattr(a, f"{name}_proj")(h)
                 if beacon.any():
                     out[beacon] = getattr(a, f"beacon_{name}_proj")(h[beacon])
@@ -80,16 +93,20 @@ def release_style(m, ids, visual, ratios, new_tokens):
             past = keys.shape[1] - n
             pos = torch.arange(past + n)
             groups = q.shape[0] // k.shape[0]
-            scores = rope(q, pos[past:], cfg.rope_theta) @ rope(keys, pos, cfg.rope_theta).repeat_interleave(
-                groups, 0).transpose(1, 2) / math.sqrt(d)
+            scores = (
+                rope(q, pos[past:], cfg.rope_theta)
+                @ rope(keys, pos, cfg.rope_theta).repeat_interleave(groups, 0).transpose(1, 2)
+                / math.sqrt(d)
+            )
             scores = scores.masked_fill(pos[None, :] > pos[past:, None], float("-inf"))
             out = (scores.softmax(-1) @ values.repeat_interleave(groups, 0)).transpose(0, 1).reshape(n, -1)
             x = x + a.o_proj(out)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             new.append((k[:, keep], v[:, keep]))
         for i, (k, v) in enumerate(new):
-            memory[i] = (k, v) if memory[i][0] is None else (torch.cat([memory[i][0], k], 1),
-                                                             torch.cat([memory[i][1], v], 1))
+            memory[i] = (
+                (k, v) if memory[i][0] is None else (torch.cat([memory[i][0], k], 1), torch.cat([memory[i][1], v], 1))
+            )
         return llm.model.norm(x)
 
     def text(tokens):
@@ -110,7 +127,7 @@ def release_style(m, ids, visual, ratios, new_tokens):
             x[~beacon], x[beacon] = raw, llm.model.beacon_embed_tokens.weight[0]
             run(x, beacon, beacon.nonzero()[:, 0])
             remainder = (len(raw) + remainder) % r
-        suffix = ids[cut + 1:]
+        suffix = ids[cut + 1 :]
         for start in range(0, len(suffix), window):
             hidden = text(suffix[start : start + window])
         first = logits = llm.logits(hidden[-1])
@@ -155,12 +172,19 @@ def test_ratio_policies_are_seeded_per_plan():
     assert BeaconCompressor(BeaconConfig(window=80, ratios=[4], enabled=False)).kv_tokens(384, 2) == [384] * 2
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"beacon_pos": "append"}, "beacon_pos"), ({"beacon_stride": 40}, "beacon_stride"),
-    ({"beacon_ratio": [0, 2]}, "beacon_ratio"), ({"beacon_ratio_mix": "adapt-1024"}, "beacon_ratio_mix"),
-    ({"beacon_accum": False}, "beacon_accum"), ({"mm_projector_type": "linear"}, "mm_projector_type"),
-    ({"beacon_param": []}, "beacon_param"), ({"mm_vision_select_layer": 7}, "mm_vision_select_layer"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"beacon_pos": "append"}, "beacon_pos"),
+        ({"beacon_stride": 40}, "beacon_stride"),
+        ({"beacon_ratio": [0, 2]}, "beacon_ratio"),
+        ({"beacon_ratio_mix": "adapt-1024"}, "beacon_ratio_mix"),
+        ({"beacon_accum": False}, "beacon_accum"),
+        ({"mm_projector_type": "linear"}, "mm_projector_type"),
+        ({"beacon_param": []}, "beacon_param"),
+        ({"mm_vision_select_layer": 7}, "mm_vision_select_layer"),
+    ],
+)
 def test_unsupported_configs_fail_in_one_line(change, needle):
     cfg = tiny_video_xl_config(**change)
     with pytest.raises(ConfigError, match=needle):
@@ -235,9 +259,28 @@ def test_prefill_and_decode_match_the_release_style_implementation(ckpt, frames,
 
 def test_cli_with_system_prompt_matches_release_style(ckpt, model, frames, tmp_path, capfd):
     np.save(tmp_path / "frames.npy", frames)
-    code = main(["ask", str(tmp_path / "frames.npy"), QUESTION, "--model", str(ckpt), "--fps", "1",
-                 "--max-frames", "24", "--max-new-tokens", "6", "--system", SYSTEM, "--gen", "do_sample=false",
-                 "--gen", "repetition_penalty=1.0", "--json"])
+    code = main(
+        [
+            "ask",
+            str(tmp_path / "frames.npy"),
+            QUESTION,
+            "--model",
+            str(ckpt),
+            "--fps",
+            "1",
+            "--max-frames",
+            "24",
+            "--max-new-tokens",
+            "6",
+            "--system",
+            SYSTEM,
+            "--gen",
+            "do_sample=false",
+            "--gen",
+            "repetition_penalty=1.0",
+            "--json",
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 0, err
     data = json.loads(out)
@@ -273,7 +316,7 @@ def test_compression_off_is_a_plain_prefill(ckpt, frames):
     cut = ids.index(-200)
     llm = m.model.llm
     with torch.no_grad():
-        embeds = torch.cat([llm.embed(torch.tensor(ids[:cut])), visual.tokens, llm.embed(torch.tensor(ids[cut + 1:]))])
+        embeds = torch.cat([llm.embed(torch.tensor(ids[:cut])), visual.tokens, llm.embed(torch.tensor(ids[cut + 1 :]))])
         full = llm.logits(llm(embeds[None]).hidden[0, -1])
         cache = m.new_cache()
         logits = m.prefill(ids, visual.tokens, cache)
@@ -291,8 +334,11 @@ def test_budget_counts_positions_not_raw_tokens(ckpt):
     with pytest.raises(BudgetError, match="beacon_ratio"):
         m.budget(39, 1200, 133).check()
     m.stop_ids = set()  # a random model may end early; this checks only the cap on new tokens
-    answer = m.ask(longvid.VisualTokens(torch.randn(900, 48), SamplingPlan(list(range(100)), 1.0, 100.0, 100)),
-                   "Why?", max_new_tokens=5)
+    answer = m.ask(
+        longvid.VisualTokens(torch.randn(900, 48), SamplingPlan(list(range(100)), 1.0, 100.0, 100)),
+        "Why?",
+        max_new_tokens=5,
+    )
     assert len(answer.token_ids) == 5  # counting the 900 raw tokens against the 400 positions would allow 1
     off = longvid.load(ckpt, overrides={"tokenizer_model_max_length": 400, "enable_beacon": False})
     with pytest.raises(BudgetError):

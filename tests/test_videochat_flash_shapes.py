@@ -19,20 +19,50 @@ from longvid.tiny import make_checkpoint, tiny_videochat_flash_config
 @pytest.fixture(scope="module")
 def fixture_b(tmp_path_factory):
     cfg = tiny_videochat_flash_config(
-        512, hidden=72, layers=5, heads=6, kv_heads=2, intermediate=96, tower="umt-large", image_size=96, patch=16,
-        vision_dim=48, vision_depth=3, vision_heads=4, frames_per_clip=8,
-        mm_llm_compress=False, llm_compress_type="attention", llm_compress_layer_list=[2, 3],
-        llm_image_token_ratio_list=[1.0, 0.5, 0.25])
+        512,
+        hidden=72,
+        layers=5,
+        heads=6,
+        kv_heads=2,
+        intermediate=96,
+        tower="umt-large",
+        image_size=96,
+        patch=16,
+        vision_dim=48,
+        vision_depth=3,
+        vision_heads=4,
+        frames_per_clip=8,
+        mm_llm_compress=False,
+        llm_compress_type="attention",
+        llm_compress_layer_list=[2, 3],
+        llm_image_token_ratio_list=[1.0, 0.5, 0.25],
+    )
     return make_checkpoint(tmp_path_factory.mktemp("b") / "ckpt", cfg, seed=5)
 
 
 def test_general_shapes_through_cli(fixture_b, tmp_path, capfd):
     frames = np.random.default_rng(1).integers(0, 256, (40, 36, 60, 3), dtype=np.uint8)  # non-square
     np.save(tmp_path / "frames.npy", frames)
-    for extra in ([], ["--set", "mm_llm_compress=true"], ["--set", "mm_llm_compress=true",
-                                                          "--set", "llm_compress_type=uniform0_attention"]):
-        code = main(["ask", str(tmp_path / "frames.npy"), "What moves?", "--model", str(fixture_b), "--fps", "5",
-                     "--max-new-tokens", "4", "--json", *extra])
+    for extra in (
+        [],
+        ["--set", "mm_llm_compress=true"],
+        ["--set", "mm_llm_compress=true", "--set", "llm_compress_type=uniform0_attention"],
+    ):
+        code = main(
+            [
+                "ask",
+                str(tmp_path / "frames.npy"),
+                "What moves?",
+                "--model",
+                str(fixture_b),
+                "--fps",
+                "5",
+                "--max-new-tokens",
+                "4",
+                "--json",
+                *extra,
+            ]
+        )
         out, err = capfd.readouterr()
         assert code == 0, err
         data = json.loads(out)
@@ -69,7 +99,7 @@ def test_sharded_checkpoint_loads_identically(fixture_b, tmp_path):
     weight_map = {}
     for name, ks in shards.items():
         save_file({k: tensors[k] for k in ks}, str(sharded / name))
-        weight_map.update({k: name for k in ks})
+        weight_map.update(dict.fromkeys(ks, name))
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     a, b = longvid.load(fixture_b), longvid.load(sharded)
     assert len(a.model.state_dict()) == len(b.model.state_dict()) > 0

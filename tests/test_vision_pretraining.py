@@ -11,8 +11,20 @@ from longvid.compress.tome import replay, tome_merge
 from longvid.data.needles import COLOURS, SHAPES, attribute_clip, haystack, pretraining_colour
 from longvid.train import train
 
-TINY_INIT = {"vocab_size": 512, "hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 64,
-             "image_size": 64, "patch": 8, "vision_dim": 32, "vision_depth": 2, "vision_heads": 4, "seed": 0}
+TINY_INIT = {
+    "vocab_size": 512,
+    "hidden": 32,
+    "layers": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 64,
+    "image_size": 64,
+    "patch": 8,
+    "vision_dim": 32,
+    "vision_depth": 2,
+    "vision_heads": 4,
+    "seed": 0,
+}
 
 
 def test_pretraining_colours_stay_away_from_every_named_colour():
@@ -52,12 +64,22 @@ def test_replay_counts_each_merged_tokens_patches_per_frame():
 
 
 def test_cards_stage_trains_the_tower_and_saves_released_keys_only(tmp_path):
-    cfg = {"name": "see", "seed": 0, "threads": 1, "model": {"init": TINY_INIT},
-           "trainable": {"vision_tower": 1e-3, "projector": 1e-3},
-           "data": {"synthetic": {"task": "cards", "haystack_frames": 32}},
-           "optim": {"global_batch_size": 4, "micro_batch_size": 2, "max_steps": 3, "warmup_steps": 0,
-                     "schedule": "constant"},
-           "output": {"dir": str(tmp_path / "run")}}
+    cfg = {
+        "name": "see",
+        "seed": 0,
+        "threads": 1,
+        "model": {"init": TINY_INIT},
+        "trainable": {"vision_tower": 1e-3, "projector": 1e-3},
+        "data": {"synthetic": {"task": "cards", "haystack_frames": 32}},
+        "optim": {
+            "global_batch_size": 4,
+            "micro_batch_size": 2,
+            "max_steps": 3,
+            "warmup_steps": 0,
+            "schedule": "constant",
+        },
+        "output": {"dir": str(tmp_path / "run")},
+    }
     path = tmp_path / "see.yaml"
     path.write_text(yaml.safe_dump(cfg))
     result = train(path)

@@ -18,8 +18,10 @@ def test_sinusoid_table_formula():
     assert t[pos, 4] == pytest.approx(np.sin(pos / 10000 ** (4 / 8)), abs=1e-6)
 
 
-@pytest.mark.parametrize("size,patch,frames", [(224, 16, 4), (224, 16, 8), (224, 16, 1), (448, 16, 4), (448, 16, 1),
-                                               (160, 16, 4), (96, 16, 8), (112, 8, 8)])
+@pytest.mark.parametrize(
+    "size,patch,frames",
+    [(224, 16, 4), (224, 16, 8), (224, 16, 1), (448, 16, 4), (448, 16, 1), (160, 16, 4), (96, 16, 8), (112, 8, 8)],
+)
 def test_umt_table_shapes(size, patch, frames):
     cfg = UMTConfig(image_size=size, patch_size=patch, embed_dim=32)
     assert umt_position_table(cfg, frames).shape == (1, frames * (size // patch) ** 2, 32)
@@ -45,8 +47,13 @@ def test_umt_blocks_and_keys():
     cfg = UMTConfig(image_size=32, patch_size=16, embed_dim=16, depth=3, num_heads=2, select_layer=-2)
     tower = UMTVisionTower(cfg)
     keys = set(tower.state_dict())
-    assert {"encoder.blocks.1.attn.q_bias", "encoder.blocks.1.attn.v_bias", "encoder.blocks.1.attn.qkv.weight",
-            "encoder.vision_layernorm.weight", "encoder.patch_embed.proj.weight"} <= keys
+    assert {
+        "encoder.blocks.1.attn.q_bias",
+        "encoder.blocks.1.attn.v_bias",
+        "encoder.blocks.1.attn.qkv.weight",
+        "encoder.vision_layernorm.weight",
+        "encoder.patch_embed.proj.weight",
+    } <= keys
     assert "encoder.blocks.2.norm1.weight" not in keys and "encoder.blocks.1.attn.qkv.bias" not in keys
     assert tower.encoder.vision_layernorm.eps == 1e-12
     out = tower(torch.randn(3, 4, 3, 32, 32))
@@ -58,9 +65,19 @@ def test_internvideo2_shapes_keys_and_round_trip(tmp_path):
     torch.manual_seed(0)
     tower = InternVideo2VisionTower(cfg).eval()
     keys = set(tower.state_dict())
-    assert {"cls_token", "pos_embed", "img_pos_embed", "patch_embed.proj.weight", "blocks.2.attn.q_norm.weight",
-            "blocks.2.attn.k_norm.weight", "blocks.2.ls1.weight", "blocks.2.ls2.weight", "blocks.2.norm1.weight",
-            "blocks.2.mlp.fc1.weight", "blocks.2.attn.proj.bias"} <= keys
+    assert {
+        "cls_token",
+        "pos_embed",
+        "img_pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.2.attn.q_norm.weight",
+        "blocks.2.attn.k_norm.weight",
+        "blocks.2.ls1.weight",
+        "blocks.2.ls2.weight",
+        "blocks.2.norm1.weight",
+        "blocks.2.mlp.fc1.weight",
+        "blocks.2.attn.proj.bias",
+    } <= keys
     assert "blocks.3.norm1.weight" not in keys  # depth + select_layer + 1 = 3 blocks
     assert "blocks.0.attn.qkv.bias" not in keys and "blocks.0.norm1.bias" not in keys
     assert tower.pos_embed.shape == (1, 1 + 4 * 4, 32) and tower.img_pos_embed.shape == (1, 1 + 4, 32)
@@ -70,6 +87,7 @@ def test_internvideo2_shapes_keys_and_round_trip(tmp_path):
         img = tower(clips[:, :1])
     assert out.shape == (2, 16, 32) and img.shape == (2, 4, 32)
     from safetensors.torch import load_file, save_file
+
     save_file(tower.state_dict(), str(tmp_path / "t.safetensors"))
     again = InternVideo2VisionTower(cfg).eval()
     again.load_state_dict(load_file(str(tmp_path / "t.safetensors")), strict=True)
@@ -78,7 +96,9 @@ def test_internvideo2_shapes_keys_and_round_trip(tmp_path):
 
 
 def test_internvideo2_qk_norm_is_full_width():
-    cfg = InternVideo2Config(image_size=14, patch_size=14, embed_dim=32, depth=2, num_heads=4, mlp_hidden=32, select_layer=-1)
+    cfg = InternVideo2Config(
+        image_size=14, patch_size=14, embed_dim=32, depth=2, num_heads=4, mlp_hidden=32, select_layer=-1
+    )
     tower = InternVideo2VisionTower(cfg)
     assert tower.blocks[0].attn.q_norm.weight.shape == (32,)  # not head_dim
 

@@ -37,8 +37,14 @@ def client(media_root):
     from longvid.serve.media import MediaPolicy
     from longvid.web.app import WebSettings, create_app
 
-    app = create_app(WebSettings(str(default_model_path()), media=MediaPolicy(media_root, max_bytes=1 << 20),
-                                 frame_limit=64, max_new_tokens=12))
+    app = create_app(
+        WebSettings(
+            str(default_model_path()),
+            media=MediaPolicy(media_root, max_bytes=1 << 20),
+            frame_limit=64,
+            max_new_tokens=12,
+        )
+    )
     with TestClient(app) as c:
         yield c
 
@@ -51,15 +57,20 @@ def events(client, path: str, payload: dict) -> list[dict]:
 
 
 def upload(client, tab: str, data: bytes, name: str = "clip.mp4"):
-    return client.post(f"/api/upload?tab={tab}&name={name}", content=data,
-                       headers={"Content-Type": "application/octet-stream"})
+    return client.post(
+        f"/api/upload?tab={tab}&name={name}", content=data, headers={"Content-Type": "application/octet-stream"}
+    )
 
 
 def test_config_offers_the_families_compression_settings(client):
     cfg = client.get("/api/config").json()
     assert cfg["family"] == "videochat_flash"
-    assert cfg["compression"] == {"mm_llm_compress": False, "llm_compress_type": "attention",
-                                  "llm_compress_layer_list": [2], "llm_image_token_ratio_list": [1.0, 0.5]}
+    assert cfg["compression"] == {
+        "mm_llm_compress": False,
+        "llm_compress_type": "attention",
+        "llm_compress_layer_list": [2],
+        "llm_image_token_ratio_list": [1.0, 0.5],
+    }
     assert cfg["compressors"] == ["tome: 16 tokens/frame inside each clip"]
     assert cfg["files"] == ["clips/shapes.mp4"]
     assert cfg["limits"]["max_upload_bytes"] == 1 << 20 and cfg["limits"]["frame_limit"] == 64
@@ -77,9 +88,17 @@ def test_upload_reports_what_longvid_info_reports(client, short_video):
     from longvid.video import open_video
 
     report = upload(client, "info", short_video.read_bytes(), "shapes.mp4").json()
-    assert report["video"] | {"source": None} == {"source": None, "container": "mp4", "codec": "h264", "width": 64,
-                                                  "height": 48, "fps": 10.0, "num_frames": 40, "duration": 4.0,
-                                                  "warnings": []}
+    assert report["video"] | {"source": None} == {
+        "source": None,
+        "container": "mp4",
+        "codec": "h264",
+        "width": 64,
+        "height": 48,
+        "fps": 10.0,
+        "num_frames": 40,
+        "duration": 4.0,
+        "warnings": [],
+    }
     planned = client.post("/api/plan", json={"tab": "info", "sampling": SAMPLING}).json()
     with open_video(short_video) as video:
         expected = video_report(video, load(default_model_path(), weights=False), SamplingOptions(**SAMPLING))
@@ -96,14 +115,17 @@ def test_compression_settings_change_the_plan_budget(client, short_video):
     assert budget["kv_tokens_per_layer"] == [128 + text, 128 + text, 64 + text, 64 + text]
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({"sampling": {"fps": -1}}, "fps must be a finite number > 0, got -1"),
-    ({"sampling": {"start": 3, "end": 1}}, "end (1 s) must be after start (3 s)"),
-    ({"sampling": {"nframes": 3}}, "unknown sampling option 'nframes'"),
-    ({"settings": {"mm_llm_compress": 3}}, "--set mm_llm_compress=3: expected a true/false like False"),
-    ({"settings": {"beacon_ratio": [2]}}, "beacon_ratio: not a compression setting of videochat_flash"),
-    ({"sampling": {"fps": 30, "max_frames": 100}}, "the request samples 40 frames"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"sampling": {"fps": -1}}, "fps must be a finite number > 0, got -1"),
+        ({"sampling": {"start": 3, "end": 1}}, "end (1 s) must be after start (3 s)"),
+        ({"sampling": {"nframes": 3}}, "unknown sampling option 'nframes'"),
+        ({"settings": {"mm_llm_compress": 3}}, "--set mm_llm_compress=3: expected a true/false like False"),
+        ({"settings": {"beacon_ratio": [2]}}, "beacon_ratio: not a compression setting of videochat_flash"),
+        ({"sampling": {"fps": 30, "max_frames": 100}}, "the request samples 40 frames"),
+    ],
+)
 def test_bad_values_are_refused_in_one_line(client, short_video, payload, message):
     upload(client, "bad", short_video.read_bytes())
     client.app.state.web.settings.frame_limit = 32
@@ -156,8 +178,7 @@ def test_encode_once_then_chat_as_the_pipeline_does(client, short_video):
     assert client.post("/api/reset", json={"tab": "chat"}).json() == {"ok": True, "history": 0}
     after = events(client, "/api/ask", {"tab": "chat", "question": "What shape is shown?"})[-1]
     assert after["budget"]["text_tokens"] < first["budget"]["text_tokens"]  # the history went with the reset
-    assert after["text"] == session.pipeline.session(session.visual).ask("What shape is shown?",
-                                                                          max_new_tokens=12).text
+    assert after["text"] == session.pipeline.session(session.visual).ask("What shape is shown?", max_new_tokens=12).text
 
 
 def test_two_tabs_never_mix_and_share_the_feature_cache(client, short_video, media_root):
@@ -189,7 +210,8 @@ def test_corrupt_upload_gives_the_clis_line_without_our_temp_path(client, tmp_pa
     assert error == f"error: {' '.join(str(cli.value).replace(str(tmp_path / 'broken.mp4'), 'broken.mp4').split())}"
     assert "longvid-web-" not in error and "Traceback" not in error
     assert client.post("/api/ask", json={"tab": "corrupt", "question": "x"}).json() == {
-        "error": "error: no video yet: upload or pick one"}
+        "error": "error: no video yet: upload or pick one"
+    }
 
 
 def test_uploads_and_frame_sizes_are_capped(client, short_video, monkeypatch):
@@ -199,8 +221,9 @@ def test_uploads_and_frame_sizes_are_capped(client, short_video, monkeypatch):
     monkeypatch.setattr("longvid.serve.media.MAX_VIDEO_PIXELS", 32 * 32)
     wide = upload(client, "big", short_video.read_bytes())
     assert wide.status_code == 413
-    assert wide.json()["error"] == ("error: the video's frames are 64x48, more than this server's limit of 1024 "
-                                    "pixels per frame")
+    assert wide.json()["error"] == (
+        "error: the video's frames are 64x48, more than this server's limit of 1024 pixels per frame"
+    )
     assert set(client.app.state.web.tmp_dir.iterdir()) == kept  # refused uploads leave nothing behind
 
 
@@ -218,8 +241,12 @@ def test_example_video_is_generated_for_a_fresh_machine(client):
 
 
 def test_cli_refuses_a_bad_media_root_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "longvid", "web", "--media-root", str(tmp_path / "none")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "longvid", "web", "--media-root", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --media-root {tmp_path / 'none'}: not a folder"
 
@@ -232,8 +259,10 @@ def test_video_xl_offers_its_beacon_ratio(tmp_path, short_video):
     with TestClient(app) as c:
         assert c.get("/api/config").json()["compression"] == {"enable_beacon": True, "beacon_ratio": [2, 4, 8]}
         upload(c, "x", short_video.read_bytes())
-        kv = {r: c.post("/api/plan", json={"tab": "x", "settings": {"beacon_ratio": [r]}}).json()["budget"]
-              for r in (2, 8)}
+        kv = {
+            r: c.post("/api/plan", json={"tab": "x", "settings": {"beacon_ratio": [r]}}).json()["budget"]
+            for r in (2, 8)
+        }
         assert (kv[2]["kv_per_frame"], kv[8]["kv_per_frame"]) == (8.0, 2.0)  # 16 tokens per frame / ratio
         assert kv[2]["visual_tokens"] == kv[8]["visual_tokens"] == 40 * 16
         bad = c.post("/api/plan", json={"tab": "x", "settings": {"beacon_ratio": [0]}}).json()

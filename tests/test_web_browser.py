@@ -72,8 +72,9 @@ def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+        )
         try:
             yield browser
         finally:
@@ -99,8 +100,9 @@ def ask(tab, question: str, n: int) -> str:
     tab.click("#ask")
     done = f".msg.assistant:nth-of-type({2 * n})[data-done='1']"
     # done, or an error line (then fail with it); generous: the suite shares two cores with other work
-    tab.wait_for_function(f"document.querySelector(\"{done}\") || document.querySelector('#error').innerText",
-                          timeout=90_000)
+    tab.wait_for_function(
+        f"document.querySelector(\"{done}\") || document.querySelector('#error').innerText", timeout=90_000
+    )
     assert tab.inner_text("#error") == "", tab.inner_text("#error")
     return tab.locator(done).locator(".timings").inner_text()
 
@@ -109,8 +111,10 @@ def test_upload_ask_twice_see_frames_and_timings(page, short_video, tmp_path):
     assert "example.mp4 (generated)" in page.inner_text("#info")  # it opens with something to ask about
     page.fill("#fps", "2")
     page.set_input_files("#file", str(short_video))
-    page.wait_for_function("document.querySelector('#info').innerText.includes('shapes.mp4') && "
-                           "document.querySelector('#info').innerText.includes('8 frames')")
+    page.wait_for_function(
+        "document.querySelector('#info').innerText.includes('shapes.mp4') && "
+        "document.querySelector('#info').innerText.includes('8 frames')"
+    )
     info = page.inner_text("#info")
     assert "64×48" in info and "4.00 s (40 frames at 10.000 fps)" in info and "h264" in info
     assert "visual tokens\t128" in info and "8 frames" in info  # fps 2 over 4 s, before anything is decoded
@@ -123,8 +127,7 @@ def test_upload_ask_twice_see_frames_and_timings(page, short_video, tmp_path):
     timings = [a.locator(".timings").inner_text() for a in answers]
     assert all("prefill" in t and "generate" in t and "128 visual" in t for t in timings)
     assert timings[1].startswith("decode 0.00 s · encode 0.00 s")  # encoded once, for the first answer
-    assert [m.inner_text() for m in page.locator(".msg.user").all()] == ["What shape is shown?",
-                                                                        "What colour is it?"]
+    assert [m.inner_text() for m in page.locator(".msg.user").all()] == ["What shape is shown?", "What colour is it?"]
 
     strip = page.locator("#strip figure")
     assert strip.count() == 8

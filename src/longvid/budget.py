@@ -43,7 +43,8 @@ class TokenBudget:
         raise BudgetError(
             f"{self.visual_tokens} visual + {self.text_tokens} text tokens = {self.context_tokens} exceed the model's "
             f"context of {self.context_limit}; {hint}, enable compression (--set ...), or raise the limit "
-            f"with --set (e.g. tokenizer_model_max_length)")
+            f"with --set (e.g. tokenizer_model_max_length)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,9 +17,11 @@ HELP = """commands:
 
 
 def _timing_line(t: dict) -> str:
-    return (f"[decode {t.get('decode', 0):.2f} s, encode {t.get('encode', 0):.2f} s, "
-            f"prefill {t.get('prefill', 0):.3f} s, generate {t.get('generate', 0):.2f} s, "
-            f"{t.get('tokens_per_s', 0):.1f} tok/s]")
+    return (
+        f"[decode {t.get('decode', 0):.2f} s, encode {t.get('encode', 0):.2f} s, "
+        f"prefill {t.get('prefill', 0):.3f} s, generate {t.get('generate', 0):.2f} s, "
+        f"{t.get('tokens_per_s', 0):.1f} tok/s]"
+    )
 
 
 def _read_line(stdin) -> str:
@@ -38,9 +40,13 @@ def run_chat(session, max_new_tokens=None, gen=None, show_timings: bool = False,
     out = stdout or sys.stdout
     info = session.info()
     enc = info["encode_timings"]
-    print(f"video: {info['frames']} frames -> {info['visual_tokens']} visual tokens"
-          f"{' (feature cache hit)' if info['feature_cache_hit'] else ''}; decode {enc.get('decode', 0):.2f} s, "
-          f"encode {enc.get('encode', 0):.2f} s. Ask away; /help for commands, Ctrl-D to quit.", file=out, flush=True)
+    print(
+        f"video: {info['frames']} frames -> {info['visual_tokens']} visual tokens"
+        f"{' (feature cache hit)' if info['feature_cache_hit'] else ''}; decode {enc.get('decode', 0):.2f} s, "
+        f"encode {enc.get('encode', 0):.2f} s. Ask away; /help for commands, Ctrl-D to quit.",
+        file=out,
+        flush=True,
+    )
     while True:
         try:
             line = _read_line(stdin)

@@ -22,23 +22,40 @@ from .errors import CheckpointError
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
-QUANTIZED = {torch.int8, torch.uint8, getattr(torch, "float8_e4m3fn", torch.int8), getattr(torch, "float8_e5m2", torch.int8)}
+QUANTIZED = {
+    torch.int8,
+    torch.uint8,
+    getattr(torch, "float8_e4m3fn", torch.int8),
+    getattr(torch, "float8_e5m2", torch.int8),
+}
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)*")
 # What a checkpoint folder on the hub may contribute: config, tokenizer and safetensors weights. Never
 # zips, pickles (*.bin, *.pth, *.pt, rng states) or training leftovers, which releases keep beside them.
-HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-             WEIGHTS_INDEX, "*.safetensors"]
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    WEIGHTS_INDEX,
+    "*.safetensors",
+]
 
 
 def parse_hub_id(text: str) -> tuple[str, str | None, str | None]:
     """`owner/name[/sub/folder][@revision]` -> (repo id, subfolder or None, revision or None)."""
     text, at, revision = text.partition("@")
     if not HUB_ID.fullmatch(text) or (at and not revision):
-        raise CheckpointError(f"model not found: {text + at + revision} (expected a checkpoint folder or a hub id "
-                              "like owner/name, owner/name/subfolder or owner/name@revision)")
+        raise CheckpointError(
+            f"model not found: {text + at + revision} (expected a checkpoint folder or a hub id "
+            "like owner/name, owner/name/subfolder or owner/name@revision)"
+        )
     owner, name, *sub = text.split("/")
     if any(part in (".", "..") for part in sub):
         raise CheckpointError(f"{text}: a hub subfolder may not contain . or ..")
@@ -63,23 +80,39 @@ def resolve(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo, revision=revision, allow_patterns=[prefix + f for f in HUB_FILES],
-                                  ignore_patterns=[prefix + "*/*"])  # nothing from deeper folders
+        local = snapshot_download(
+            repo, revision=revision, allow_patterns=[prefix + f for f in HUB_FILES], ignore_patterns=[prefix + "*/*"]
+        )  # nothing from deeper folders
     except Exception as e:  # offline, unknown repo or revision, auth: all one line for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"could not download {text} from the Hugging Face hub: {reason}") from None
     folder = Path(local) / sub if sub else Path(local)
     if not (folder / "config.json").is_file():
         where = f"folder {sub!r} of {repo}" if sub else repo
-        raise CheckpointError(f"the hub's {where} holds no config.json (is the checkpoint in a subfolder? "
-                              "give it as owner/name/subfolder)")
+        raise CheckpointError(
+            f"the hub's {where} holds no config.json (is the checkpoint in a subfolder? "
+            "give it as owner/name/subfolder)"
+        )
     return folder
 
 
 # config.json keys that must be numbers (a string or list there would fail deep inside the model)
-NUMBER_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "mm_hidden_size",
-               "mm_local_num_frames", "mm_pos_num_frames", "tokenizer_model_max_length", "bos_token_id")
+NUMBER_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "mm_hidden_size",
+    "mm_local_num_frames",
+    "mm_pos_num_frames",
+    "tokenizer_model_max_length",
+    "bos_token_id",
+)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -124,12 +157,16 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
                     if tensors[key].dtype in QUANTIZED:
-                        raise CheckpointError(f"{file.name}: weight {key} is {str(tensors[key].dtype)[6:]}; "
-                                              "quantized checkpoints are not supported (use float weights)")
+                        raise CheckpointError(
+                            f"{file.name}: weight {key} is {str(tensors[key].dtype)[6:]}; "
+                            "quantized checkpoints are not supported (use float weights)"
+                        )
         except CheckpointError:
             raise
         except Exception as e:
-            raise CheckpointError(f"unreadable weights {file.name}: {str(e).splitlines()[0] if str(e) else e}") from None
+            raise CheckpointError(
+                f"unreadable weights {file.name}: {str(e).splitlines()[0] if str(e) else e}"
+            ) from None
     return tensors
 
 
@@ -145,13 +182,16 @@ def load_tokenizer(folder: Path):
             warnings.simplefilter("ignore")
             return AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:
-        raise CheckpointError(f"could not load the tokenizer in {folder}: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise CheckpointError(
+            f"could not load the tokenizer in {folder}: {str(e).splitlines()[0] if str(e) else e}"
+        ) from None
     finally:
         hf_logging.set_verbosity(level)
 
 
-def save_checkpoint(folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
-                    extra_files: dict[str, Path] | None = None) -> None:
+def save_checkpoint(
+    folder: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], extra_files: dict[str, Path] | None = None
+) -> None:
     """Write config.json + model.safetensors atomically: a temp folder renamed into place."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +222,9 @@ _DIGEST_LOCK = threading.Lock()
 
 
 def _digest_store() -> Path:
-    root = os.environ.get("LONGVID_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longvid"
+    root = (
+        os.environ.get("LONGVID_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longvid"
+    )
     return Path(root) / "weight-digests.json"
 
 

@@ -41,8 +41,12 @@ from .serve.commands import serve
 from .train.commands import merge_lora, train
 from .web.commands import web
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Understand hour-long videos with multimodal LLMs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Understand hour-long videos with multimodal LLMs.",
+)
 
 VideoArg = typer.Argument(..., help="Video file, image, folder of frames, or .npy array [T,H,W,3].")
 
@@ -75,8 +79,9 @@ def ask(
     question: Optional[str] = typer.Argument(None),
     model: Optional[str] = ModelOpt,
     revision: Optional[str] = RevisionOpt,
-    features: Optional[Path] = typer.Option(None, "--features", help="Encoded video from `longvid encode` "
-                                            "(then the only argument is the question)."),
+    features: Optional[Path] = typer.Option(
+        None, "--features", help="Encoded video from `longvid encode` (then the only argument is the question)."
+    ),
     max_new_tokens: Optional[int] = MaxNewOpt,
     sets: Optional[list[str]] = SetOpt,
     gens: Optional[list[str]] = GenOpt,
@@ -109,9 +114,15 @@ def ask(
     if features is not None:
         source = load_features(features, m)
     stream = not as_json and sys.stdout.isatty()
-    answer, hit = Pipeline(m, cache).ask(source, question, sampling, system=system, gen=gen,
-                                         on_token=TokenPrinter(m.tokenizer) if stream else None,
-                                         progress=sys.stderr.isatty())
+    answer, hit = Pipeline(m, cache).ask(
+        source,
+        question,
+        sampling,
+        system=system,
+        gen=gen,
+        on_token=TokenPrinter(m.tokenizer) if stream else None,
+        progress=sys.stderr.isatty(),
+    )
     if as_json:
         out = answer.to_dict()
         out.update(model=m.name, feature_cache=None if cache is None else "hit" if hit else "miss")
@@ -177,8 +188,10 @@ def encode(
     digest = file_hash(video) if Path(video).is_file() else None
     save_features(out, visual, m, source=str(video), source_hash=digest)
     t = visual.timings
-    print(f"{out}: {visual.num_frames} frames -> {visual.num_tokens} visual tokens "
-          f"(decode {t.get('decode', 0):.1f} s, encode {t.get('encode', 0):.1f} s)")
+    print(
+        f"{out}: {visual.num_frames} frames -> {visual.num_tokens} visual tokens "
+        f"(decode {t.get('decode', 0):.1f} s, encode {t.get('encode', 0):.1f} s)"
+    )
 
 
 @app.command()
@@ -206,9 +219,11 @@ def info(
 
 
 @app.command()
-def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the demo's files."),
-         minutes: float = typer.Option(10.0, "--minutes", min=0.5, help="Length of the generated video."),
-         seed: int = typer.Option(0, "--seed", help="Which haystack, needle and moment.")):
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the demo's files."),
+    minutes: float = typer.Option(10.0, "--minutes", min=0.5, help="Length of the generated video."),
+    seed: int = typer.Option(0, "--seed", help="Which haystack, needle and moment."),
+):
     """Run the end-to-end demo: a generated video with an unseen needle, asked to the bundled model."""
     from .demo import run
 
@@ -216,8 +231,14 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", help="Folder for the 
 
 
 # The subsystems' commands: each module keeps its heavy imports inside the command function.
-SUBSYSTEM_COMMANDS = {"train": train, "merge-lora": merge_lora, "serve": serve, "niah": niah, "eval": eval_command,
-                      "web": web}
+SUBSYSTEM_COMMANDS = {
+    "train": train,
+    "merge-lora": merge_lora,
+    "serve": serve,
+    "niah": niah,
+    "eval": eval_command,
+    "web": web,
+}
 for _name, _command in SUBSYSTEM_COMMANDS.items():
     app.command(_name)(_command)
 

@@ -54,37 +54,59 @@ def run(out_dir: str | Path | None = None, minutes: float = 10.0, seed: int = 0)
     t0 = time.perf_counter()
     video = out / f"needle_{minutes:g}min.mp4"
     needle, question, at = needle_video(video, minutes, seed)
-    console.print(f"[bold]video[/]    {video}: {minutes:g} minutes at {FPS} fps, a needle card ({needle.caption}, a "
-                  f"pair the model never saw in training) at {at // 60}:{at % 60:02d} for 3 s; written in "
-                  f"{time.perf_counter() - t0:.1f} s")
+    console.print(
+        f"[bold]video[/]    {video}: {minutes:g} minutes at {FPS} fps, a needle card ({needle.caption}, a "
+        f"pair the model never saw in training) at {at // 60}:{at % 60:02d} for 3 s; written in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     model_path = default_model_path()
     if model_path is None:
         model_path = make_checkpoint(out / "tiny-random", tiny_videochat_flash_config(512))
-        console.print("[yellow]no trained model is bundled: using a RANDOMLY INITIALISED tiny model, "
-                      "so the answers below are noise.[/]")
+        console.print(
+            "[yellow]no trained model is bundled: using a RANDOMLY INITIALISED tiny model, "
+            "so the answers below are noise.[/]"
+        )
     model = load(model_path)
     session = model.session(video)  # decoded and encoded once, for both questions
     answer = session.ask(question.question, max_new_tokens=4, gen={"do_sample": False})
     options = dict(line[1:].split(") ", 1) for line in question.question.split("Options: ")[1].split("\n")[:4])
     said = answer.text.strip().lstrip("(")[:1].upper()
     verdict = "[green]correct[/]" if said == question.answer else "[red]wrong[/]"
-    console.print(f"[bold]question[/] {question.question.splitlines()[0]}  options: "
-                  + ", ".join(f"({k}) {v}" for k, v in options.items()))
-    console.print(f"[bold]answer[/]   {answer.text!r} -> {said} ({options.get(said, '?')})   "
-                  f"[bold]truth[/] {question.answer} ({options[question.answer]})   {verdict}")
+    console.print(
+        f"[bold]question[/] {question.question.splitlines()[0]}  options: "
+        + ", ".join(f"({k}) {v}" for k, v in options.items())
+    )
+    console.print(
+        f"[bold]answer[/]   {answer.text!r} -> {said} ({options.get(said, '?')})   "
+        f"[bold]truth[/] {question.answer} ({options[question.answer]})   {verdict}"
+    )
     # the same question answered in words ("It is red."), the tiny model's other answer format
     words = question.question.split("\n")[0]
     truth = f"It is {needle.colour}." if question.kind == "color" else f"It is {article(needle.shape)}."
     session.reset()
     spoken = session.ask(words, max_new_tokens=8, gen={"do_sample": False})
     ok = spoken.text.strip() == truth
-    console.print(f"[bold]in words[/] {words!r} -> {spoken.text.strip()!r}   [bold]truth[/] {truth!r}   "
-                  + ("[green]correct[/]" if ok else "[red]wrong[/]"))
+    console.print(
+        f"[bold]in words[/] {words!r} -> {spoken.text.strip()!r}   [bold]truth[/] {truth!r}   "
+        + ("[green]correct[/]" if ok else "[red]wrong[/]")
+    )
     t = answer.timings
-    console.print(f"[bold]timings[/]  {answer.num_frames} frames -> {answer.num_visual_tokens} visual tokens; "
-                  f"decode {t['decode']:.2f} s, encode {t['encode']:.2f} s, prefill {t['prefill']:.2f} s, "
-                  f"generate {t['generate']:.2f} s; second question {spoken.timings.get('prefill', 0.0):.2f} s "
-                  f"prefill; total {time.perf_counter() - t0:.1f} s")
-    return {"needle": needle.caption, "shape": needle.shape, "colour": needle.colour, "at": at, "answer": said, "truth": question.answer, "correct": said == question.answer,
-            "words": spoken.text.strip(), "words_truth": truth, "words_correct": ok,
-            "frames": answer.num_frames}
+    console.print(
+        f"[bold]timings[/]  {answer.num_frames} frames -> {answer.num_visual_tokens} visual tokens; "
+        f"decode {t['decode']:.2f} s, encode {t['encode']:.2f} s, prefill {t['prefill']:.2f} s, "
+        f"generate {t['generate']:.2f} s; second question {spoken.timings.get('prefill', 0.0):.2f} s "
+        f"prefill; total {time.perf_counter() - t0:.1f} s"
+    )
+    return {
+        "needle": needle.caption,
+        "shape": needle.shape,
+        "colour": needle.colour,
+        "at": at,
+        "answer": said,
+        "truth": question.answer,
+        "correct": said == question.answer,
+        "words": spoken.text.strip(),
+        "words_truth": truth,
+        "words_correct": ok,
+        "frames": answer.num_frames,
+    }

@@ -83,14 +83,25 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_features(path: str | os.PathLike, visual: VisualTokens, model: VideoLLM, source: str | None = None,
-                  source_hash: str | None = None) -> Path:
+def save_features(
+    path: str | os.PathLike,
+    visual: VisualTokens,
+    model: VideoLLM,
+    source: str | None = None,
+    source_hash: str | None = None,
+) -> Path:
     """Write `visual` atomically to `path`."""
     path = check_output_path(path)
     meta = {
-        "format": FORMAT, "family": model.family, "model": model.name, "fingerprint": model.fingerprint(),
-        "plan": json.dumps(visual.plan.to_dict()), "num_frames": str(visual.num_frames),
-        "num_visual_tokens": str(visual.num_tokens), "source": source or "", "source_hash": source_hash or "",
+        "format": FORMAT,
+        "family": model.family,
+        "model": model.name,
+        "fingerprint": model.fingerprint(),
+        "plan": json.dumps(visual.plan.to_dict()),
+        "num_frames": str(visual.num_frames),
+        "num_visual_tokens": str(visual.num_tokens),
+        "source": source or "",
+        "source_hash": source_hash or "",
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -124,8 +135,9 @@ def load_features(path: str | os.PathLike, model: VideoLLM | None = None) -> Vis
         if meta["family"] != model.family:
             raise InputError(f"{path} holds {meta['family']} features; the model is {model.family}")
         if meta["fingerprint"] != model.fingerprint():
-            raise InputError(f"{path} was encoded with a different model, weights or config ({meta['model']}); "
-                             "re-encode it")
+            raise InputError(
+                f"{path} was encoded with a different model, weights or config ({meta['model']}); re-encode it"
+            )
     with safe_open(str(path), framework="pt") as f:
         tokens = f.get_tensor("visual_tokens")
     plan = SamplingPlan(**json.loads(meta["plan"]))

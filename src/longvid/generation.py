@@ -9,9 +9,10 @@ is fed as embeddings), then for sampling temperature, top-k and top-p.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -31,11 +32,11 @@ class GenerationConfig:
     seed: int | None = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "GenerationConfig":
+    def from_file(cls, path: str | Path) -> GenerationConfig:
         p = Path(path)
         return cls().updated(json.loads(p.read_text()) if p.is_file() else {})
 
-    def updated(self, overrides: dict[str, Any]) -> "GenerationConfig":
+    def updated(self, overrides: dict[str, Any]) -> GenerationConfig:
         """A copy with `overrides` applied; unknown keys (num_beams, pad_token_id, ...) are ignored."""
         known = {f.name for f in fields(self)}
         values = asdict(self)

@@ -8,7 +8,7 @@ Characters are checked first (`MAX_TEXT_CHARS`) so that a huge body is refused w
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import InputError
 
@@ -17,8 +17,9 @@ MAX_TEXT_CHARS = 8 * MAX_TEXT_TOKENS  # refused before tokenizing; real text is 
 MAX_MESSAGES = 256  # chat messages in one server request
 
 
-def count_text_tokens(tokenizer, texts: Iterable[str | None], limit: int = MAX_TEXT_TOKENS,
-                      what: str = "the text") -> int:
+def count_text_tokens(
+    tokenizer, texts: Iterable[str | None], limit: int = MAX_TEXT_TOKENS, what: str = "the text"
+) -> int:
     """Tokens in `texts` (None skipped); InputError naming the limit when they exceed it. Without a
     tokenizer only the characters are checked (before a model is loaded) and 0 is returned."""
     texts = [t for t in texts if t]

@@ -106,8 +106,16 @@ class SamplingOptions:
         return d
 
 
-GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed",
-                   "eos_token_id")
+GENERATION_KEYS = (
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+    "eos_token_id",
+)
 
 
 @dataclass(frozen=True)

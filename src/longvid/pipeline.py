@@ -69,14 +69,17 @@ class Pipeline:
     def plan(self, video: Video, sampling: SamplingOptions, frame_limit: int | None = None) -> SamplingPlan:
         plan = self.model.sampling_plan(video, sampling)
         if frame_limit is not None and len(plan) > frame_limit:
-            raise InputError(f"the request samples {len(plan)} frames; this server allows at most {frame_limit} "
-                             "(lower nframes / fps, or set max_frames)")
+            raise InputError(
+                f"the request samples {len(plan)} frames; this server allows at most {frame_limit} "
+                "(lower nframes / fps, or set max_frames)"
+            )
         return plan
 
     # ------------------------------------------------------------------------------ 2. what it costs
 
-    def prompt(self, plan: SamplingPlan, question: str = "", history=(), system: str | None = None,
-               check: bool = True) -> Prompt:
+    def prompt(
+        self, plan: SamplingPlan, question: str = "", history=(), system: str | None = None, check: bool = True
+    ) -> Prompt:
         """Token ids of the conversation and their budget; refused (`check`) before any frame is decoded."""
         m = self.model
         ids = m.prompt_ids(m.conversation(question, plan, history, system))
@@ -91,8 +94,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ 3. frames -> tokens
 
-    def encode(self, video: Video, plan: SamplingPlan, progress: bool = False,
-               content: str | None = None) -> tuple[VisualTokens, bool]:
+    def encode(
+        self, video: Video, plan: SamplingPlan, progress: bool = False, content: str | None = None
+    ) -> tuple[VisualTokens, bool]:
         """(visual tokens, feature-cache hit?); `content` identifies the video (default: hashed from `video`)."""
         key = None
         if self.cache is not None:
@@ -105,9 +109,17 @@ class Pipeline:
             self.cache.put(key, visual, self.model, source=str(video.source))
         return visual, False
 
-    def visual(self, video, sampling: SamplingOptions, question: str = "", history=(), system: str | None = None,
-               progress: bool = False, frame_limit: int | None = None,
-               check: Callable[[], None] | None = None) -> tuple[Prompt, VisualTokens, bool]:
+    def visual(
+        self,
+        video,
+        sampling: SamplingOptions,
+        question: str = "",
+        history=(),
+        system: str | None = None,
+        progress: bool = False,
+        frame_limit: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[Prompt, VisualTokens, bool]:
         """Steps 1-3 for a video given as a path, an array or a `Video`: (prompt, visual tokens, cache hit?)."""
         source = self.open(video, sampling)
         try:
@@ -124,8 +136,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ 4. prompt -> KV cache
 
-    def prefill(self, prompt: Prompt, visual: VisualTokens,
-                prefix: VideoPrefix | None = None) -> tuple[torch.Tensor, KVCache, VideoPrefix | None]:
+    def prefill(
+        self, prompt: Prompt, visual: VisualTokens, prefix: VideoPrefix | None = None
+    ) -> tuple[torch.Tensor, KVCache, VideoPrefix | None]:
         """Last-position logits, the filled cache, and the video prefix used (None: not reusable)."""
         m = self.model
         tokens = visual.tokens.to(m.device, m.dtype)
@@ -144,9 +157,15 @@ class Pipeline:
     # ------------------------------------------------------------------------------ 5. generate -> Answer
 
     @torch.no_grad()
-    def answer(self, prompt: Prompt, visual: VisualTokens, gen: GenerationOptions | None = None,
-               on_token: OnToken | None = None, prefix: VideoPrefix | None = None,
-               timer: Timer | None = None) -> tuple[Answer, VideoPrefix | None]:
+    def answer(
+        self,
+        prompt: Prompt,
+        visual: VisualTokens,
+        gen: GenerationOptions | None = None,
+        on_token: OnToken | None = None,
+        prefix: VideoPrefix | None = None,
+        timer: Timer | None = None,
+    ) -> tuple[Answer, VideoPrefix | None]:
         m, timer = self.model, timer or Timer()
         cfg = m.generation.updated((gen or GenerationOptions()).overrides())
         room = m.context_limit() - max(prompt.budget.kv_tokens_per_layer)
@@ -160,10 +179,16 @@ class Pipeline:
         times = {**visual.timings, **timer.times}
         gen_s = times.get("generate", 0.0)
         times["tokens_per_s"] = len(result.token_ids) / gen_s if gen_s > 0 else 0.0
-        answer = Answer(text=decode_answer(m.tokenizer, result.token_ids), token_ids=result.token_ids,
-                        finish_reason=result.finish_reason, num_frames=visual.num_frames,
-                        num_visual_tokens=visual.num_tokens, prompt_tokens=prompt.prompt_tokens, plan=visual.plan,
-                        timings=times)
+        answer = Answer(
+            text=decode_answer(m.tokenizer, result.token_ids),
+            token_ids=result.token_ids,
+            finish_reason=result.finish_reason,
+            num_frames=visual.num_frames,
+            num_visual_tokens=visual.num_tokens,
+            prompt_tokens=prompt.prompt_tokens,
+            plan=visual.plan,
+            timings=times,
+        )
         return answer, prefix
 
     @torch.no_grad()
@@ -183,18 +208,28 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ all of it
 
-    def ask(self, video, question: str, sampling: SamplingOptions | dict[str, Any] | None = None, history=(),
-            system: str | None = None, gen: GenerationOptions | dict[str, Any] | None = None,
-            on_token: OnToken | None = None, progress: bool = False, frame_limit: int | None = None,
-            check: Callable[[], None] | None = None) -> tuple[Answer, bool]:
+    def ask(
+        self,
+        video,
+        question: str,
+        sampling: SamplingOptions | dict[str, Any] | None = None,
+        history=(),
+        system: str | None = None,
+        gen: GenerationOptions | dict[str, Any] | None = None,
+        on_token: OnToken | None = None,
+        progress: bool = False,
+        frame_limit: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[Answer, bool]:
         """(answer, feature-cache hit?) for `question` about `video` (a path, an array, a `Video` or
         `VisualTokens`); `check` runs between steps (a server's cancellation)."""
         gen = GenerationOptions.of(gen)
         if isinstance(video, VisualTokens):
             prompt, visual, hit = self.prompt(video.plan, question, history, system), video, False
         else:
-            prompt, visual, hit = self.visual(video, SamplingOptions.of(sampling), question, history, system,
-                                              progress, frame_limit, check)
+            prompt, visual, hit = self.visual(
+                video, SamplingOptions.of(sampling), question, history, system, progress, frame_limit, check
+            )
         if check is not None:
             check()
         answer, _ = self.answer(prompt, visual, gen, on_token)
@@ -202,8 +237,13 @@ class Pipeline:
             answer.timings.update(decode=0.0, encode=0.0)
         return answer, hit
 
-    def session(self, video, sampling: SamplingOptions | dict[str, Any] | None = None, system: str | None = None,
-                progress: bool = False) -> ChatSession:
+    def session(
+        self,
+        video,
+        sampling: SamplingOptions | dict[str, Any] | None = None,
+        system: str | None = None,
+        progress: bool = False,
+    ) -> ChatSession:
         """A `ChatSession` about `video`, encoded now (or found in the feature cache)."""
         if isinstance(video, VisualTokens):
             return ChatSession(self, video, system)

@@ -42,7 +42,7 @@ class Conversation:
             out += "<|im_start|>assistant\n"
         return out
 
-    def copy(self) -> "Conversation":
+    def copy(self) -> Conversation:
         return Conversation(self.system, list(self.turns))
 
 

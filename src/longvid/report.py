@@ -46,16 +46,24 @@ class VideoReport:
         if self.plan:
             p = self.plan
             ts = p["timestamps"]
-            t.add_row("plan", f"{p['name']}: {len(p['indices'])} frames, {ts[0]:.2f} s .. {ts[-1]:.2f} s "
-                              f"(first indices {p['indices'][:6]})")
+            t.add_row(
+                "plan",
+                f"{p['name']}: {len(p['indices'])} frames, {ts[0]:.2f} s .. {ts[-1]:.2f} s "
+                f"(first indices {p['indices'][:6]})",
+            )
         if self.budget:
             b = self.budget
             layers = b["kv_tokens_per_layer"]
             t.add_row("visual tokens", f"{b['visual_tokens']}")
-            t.add_row("context", f"{b['context_tokens']} of {b['context_limit']} tokens "
-                                 f"({'fits' if b['fits'] else 'DOES NOT FIT'})")
-            t.add_row("KV cache", f"{human_bytes(b['kv_bytes'])} ({self.model['dtype']}); tokens per layer "
-                                  f"{min(layers)}..{max(layers)} over {len(layers)} layers")
+            t.add_row(
+                "context",
+                f"{b['context_tokens']} of {b['context_limit']} tokens ({'fits' if b['fits'] else 'DOES NOT FIT'})",
+            )
+            t.add_row(
+                "KV cache",
+                f"{human_bytes(b['kv_bytes'])} ({self.model['dtype']}); tokens per layer "
+                f"{min(layers)}..{max(layers)} over {len(layers)} layers",
+            )
         for key, value in self.extra.items():
             t.add_row(key, str(value))
         console.print(t)
@@ -63,11 +71,19 @@ class VideoReport:
 
 def video_report(video, model=None, sampling: SamplingOptions | None = None) -> VideoReport:
     info = video.info
-    report = VideoReport({
-        "source": video.source, "container": info.container, "codec": info.codec, "width": info.width,
-        "height": info.height, "fps": info.fps, "num_frames": info.num_frames, "duration": info.duration,
-        "warnings": list(video.warnings),
-    })
+    report = VideoReport(
+        {
+            "source": video.source,
+            "container": info.container,
+            "codec": info.codec,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "num_frames": info.num_frames,
+            "duration": info.duration,
+            "warnings": list(video.warnings),
+        }
+    )
     if model is None:
         return report
     pipeline = Pipeline(model)
@@ -76,8 +92,12 @@ def video_report(video, model=None, sampling: SamplingOptions | None = None) -> 
     prompt = pipeline.prompt(plan, check=False)  # a report shows a prompt that does not fit, it does not refuse it
     report.plan = plan.to_dict()
     report.budget = prompt.budget.to_dict()
-    report.model = {"name": model.name, "family": model.family, "dtype": str(model.dtype).replace("torch.", ""),
-                    "compressors": [c.describe() for c in model.compressors]}
+    report.model = {
+        "name": model.name,
+        "family": model.family,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "compressors": [c.describe() for c in model.compressors],
+    }
     if hasattr(model, "memory_report"):
         report.extra["memory"] = model.memory_report(len(plan))
     return report

@@ -38,28 +38,33 @@ class SessionStats:
 class ChatSession:
     """A multi-turn conversation about one encoded video."""
 
-    def __init__(self, pipeline: Pipeline, visual: VisualTokens, system: str | None = None,
-                 cache_hit: bool = False):
+    def __init__(self, pipeline: Pipeline, visual: VisualTokens, system: str | None = None, cache_hit: bool = False):
         self.pipeline = pipeline
         self.model = pipeline.model
         self.visual = visual
         self.system = system
         self.history: list[tuple[str, str]] = []
-        self.stats = SessionStats(encodes=0 if cache_hit else 1, cache_hit=cache_hit,
-                                  encode_timings=dict(visual.timings))
+        self.stats = SessionStats(
+            encodes=0 if cache_hit else 1, cache_hit=cache_hit, encode_timings=dict(visual.timings)
+        )
         self.prefix: VideoPrefix | None = None  # the KV cache of system prompt + video, once computed
 
     def reset(self) -> None:
         """Forget the conversation (the encoded video and its prefill stay)."""
         self.history.clear()
 
-    def ask(self, question: str, max_new_tokens: int | None = None,
-            gen: GenerationOptions | dict[str, Any] | None = None,
-            on_token: Callable[[int], None] | None = None) -> Answer:
+    def ask(
+        self,
+        question: str,
+        max_new_tokens: int | None = None,
+        gen: GenerationOptions | dict[str, Any] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Answer:
         p = self.pipeline
         prompt = p.prompt(self.visual.plan, question, self.history, self.system)
-        answer, prefix = p.answer(prompt, self.visual, GenerationOptions.of(gen, max_new_tokens=max_new_tokens),
-                                  on_token, prefix=self.prefix)
+        answer, prefix = p.answer(
+            prompt, self.visual, GenerationOptions.of(gen, max_new_tokens=max_new_tokens), on_token, prefix=self.prefix
+        )
         if prefix is None or prefix is not self.prefix:
             self.stats.video_prefills += 1
         self.prefix = prefix
@@ -71,12 +76,19 @@ class ChatSession:
 
     def info(self) -> dict:
         plan = self.visual.plan
-        return {"frames": len(plan), "visual_tokens": self.visual.num_tokens, "turns": self.stats.turns,
-                "history": len(self.history), "video_prefills": self.stats.video_prefills,
-                "encodes": self.stats.encodes, "feature_cache_hit": self.stats.cache_hit,
-                "kv_cache_bytes": self.prefix.cache.nbytes() if self.prefix is not None else 0,
-                "question_dependent_compression": self.model.question_dependent,
-                "duration_s": plan.duration, "encode_timings": self.stats.encode_timings}
+        return {
+            "frames": len(plan),
+            "visual_tokens": self.visual.num_tokens,
+            "turns": self.stats.turns,
+            "history": len(self.history),
+            "video_prefills": self.stats.video_prefills,
+            "encodes": self.stats.encodes,
+            "feature_cache_hit": self.stats.cache_hit,
+            "kv_cache_bytes": self.prefix.cache.nbytes() if self.prefix is not None else 0,
+            "question_dependent_compression": self.model.question_dependent,
+            "duration_s": plan.duration,
+            "encode_timings": self.stats.encode_timings,
+        }
 
 
 __all__ = ["ChatSession", "FeatureCache", "SessionStats"]

@@ -50,10 +50,15 @@ class BeaconConfig:
     enabled: bool = True  # enable_beacon: False reads the video uncompressed in one plain prefill
 
     @classmethod
-    def from_release(cls, d: dict[str, Any]) -> "BeaconConfig":
+    def from_release(cls, d: dict[str, Any]) -> BeaconConfig:
         # settings the release accepts but Video-XL never used: refuse them instead of computing something else
-        for key, released in (("beacon_pos", "interleave"), ("beacon_attn", "full-coverage"),
-                              ("beacon_sink_size", 0), ("beacon_parallel_window", 1), ("beacon_accum", True)):
+        for key, released in (
+            ("beacon_pos", "interleave"),
+            ("beacon_attn", "full-coverage"),
+            ("beacon_sink_size", 0),
+            ("beacon_parallel_window", 1),
+            ("beacon_accum", True),
+        ):
             if d.get(key, released) != released:
                 raise ConfigError(f"{key}={d[key]!r} is not supported (Video-XL was released with {released!r})")
         # beacon_attend_prev only shapes the masks of the other beacon_attn modes: under full-coverage (the only
@@ -150,8 +155,10 @@ class BeaconCompressor(Compressor):
             else:
                 valid = [r for r in cfg.ratios if r <= length and length % r == 0]
                 if not valid:
-                    raise ConfigError(f"no ratio in beacon_ratio={cfg.ratios} divides a window of {length} visual "
-                                      f"tokens; use a single ratio (--set beacon_ratio=[r])")
+                    raise ConfigError(
+                        f"no ratio in beacon_ratio={cfg.ratios} divides a window of {length} visual "
+                        f"tokens; use a single ratio (--set beacon_ratio=[r])"
+                    )
                 if cfg.ratio_mix == "step-random":
                     ratio = int(rng.choice(valid))
                 elif cfg.ratio_mix == "instance-random":
@@ -172,6 +179,9 @@ class BeaconCompressor(Compressor):
         cfg = self.cfg
         if not cfg.enabled:
             return "beacon: off (enable_beacon=false)"
-        policy = f"ratio {cfg.ratios[0]}" if len(cfg.ratios) == 1 else \
-            f"ratio {cfg.ratio_mix} from {cfg.ratios} (seed {cfg.seed})"
+        policy = (
+            f"ratio {cfg.ratios[0]}"
+            if len(cfg.ratios) == 1
+            else f"ratio {cfg.ratio_mix} from {cfg.ratios} (seed {cfg.seed})"
+        )
         return f"beacon: windows of {cfg.window} visual tokens, {policy}"

@@ -42,7 +42,7 @@ class TokenDropConfig:
     ratios: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
 
     @classmethod
-    def from_release(cls, cfg: dict[str, Any]) -> "TokenDropConfig | None":
+    def from_release(cls, cfg: dict[str, Any]) -> TokenDropConfig | None:
         if not cfg.get("mm_llm_compress", False):
             return None
         c = cls(
@@ -104,8 +104,13 @@ class VideoTokenDrop(Compressor):
                 score = last_token_attention(llm, layer + 1, hidden, next_positions)
                 idx = score[image_start : image_start + cur].topk(keep).indices
             idx = idx.to(hidden.device).sort().values + image_start
-            rows = torch.cat([torch.arange(image_start, device=hidden.device), idx,
-                              torch.arange(image_start + cur, hidden.shape[1], device=hidden.device)])
+            rows = torch.cat(
+                [
+                    torch.arange(image_start, device=hidden.device),
+                    idx,
+                    torch.arange(image_start + cur, hidden.shape[1], device=hidden.device),
+                ]
+            )
             if kept_rows is not None:
                 kept_rows.append(rows)
             return hidden[:, rows]
@@ -113,13 +118,16 @@ class VideoTokenDrop(Compressor):
         return after_layer
 
 
-def last_token_attention(llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def last_token_attention(
+    llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """Head-averaged attention probabilities [n] of the last row over all rows, as layer `layer` sees them."""
     return attention_column_means(llm, layer, hidden, positions, [hidden.shape[1] - 1])
 
 
-def attention_column_means(llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor,
-                           query_rows: list[int]) -> torch.Tensor:
+def attention_column_means(
+    llm: Qwen2ForCausalLM, layer: int, hidden: torch.Tensor, positions: torch.Tensor, query_rows: list[int]
+) -> torch.Tensor:
     """Attention probabilities [n] that rows `query_rows` pay every row (causal), averaged over heads and queries.
 
     The official ranking (inference: the last prompt row; training: the row before each answer) needs only

@@ -94,7 +94,9 @@ class ToMeCompressor(Compressor):
         self.tokens_per_frame = tokens_per_frame
         self.tokens_per_image = tokens_per_image
 
-    def __call__(self, feats: torch.Tensor, frames_per_clip: int, is_image: bool = False, decisions=None) -> torch.Tensor:
+    def __call__(
+        self, feats: torch.Tensor, frames_per_clip: int, is_image: bool = False, decisions=None
+    ) -> torch.Tensor:
         """feats [clips, frames_per_clip * patches, C] -> [clips, tokens, C]."""
         target = self.tokens_per_image if is_image else self.tokens_per_frame * frames_per_clip
         return tome_merge(feats, target, self.num_heads, decisions)

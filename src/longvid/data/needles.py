@@ -17,14 +17,22 @@ evaluation needle can be one the model has never seen.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
-           "purple": (150, 60, 200), "orange": (245, 135, 30), "cyan": (40, 205, 215), "pink": (245, 125, 190)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 135, 30),
+    "cyan": (40, 205, 215),
+    "pink": (245, 125, 190),
+}
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "bar")
 LETTERS = "ABCD"
 OPTION_MARKERS = tuple(f"({letter})" for letter in LETTERS)  # whole tokens in the tiny model's tokenizer
@@ -85,8 +93,10 @@ def needle_card(needle: Needle, size: int = 64, seed: int = 0, rgb: tuple[int, i
     b = max(2, size // 20)
     frame[:b], frame[-b:], frame[:, :b], frame[:, -b:] = BORDER, BORDER, BORDER, BORDER
     inner = int(size * 0.62)
-    off = (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)), (size - inner) // 2 + int(
-        rng.integers(-size // 16, size // 16 + 1))
+    off = (
+        (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)),
+        (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)),
+    )
     mask = shape_mask(needle.shape, inner)
     frame[off[0] : off[0] + inner, off[1] : off[1] + inner][mask] = rgb if rgb is not None else COLOURS[needle.colour]
     if needle.pointer is not None:
@@ -128,8 +138,14 @@ def haystack(num_frames: int, size: int = 64, seed: int = 0) -> Iterator[np.ndar
         for _ in range(int(rng.integers(1, 4))):
             s = int(rng.integers(size // 10, size // 5))
             colour = np.array(list(COLOURS.values())[int(rng.integers(0, len(COLOURS)))]) * rng.uniform(0.5, 0.8)
-            movers.append((shape_mask(SHAPES[int(rng.integers(0, len(SHAPES)))], s), colour, rng.uniform(0, size - s, 2),
-                           rng.uniform(-3, 3, 2)))
+            movers.append(
+                (
+                    shape_mask(SHAPES[int(rng.integers(0, len(SHAPES)))], s),
+                    colour,
+                    rng.uniform(0, size - s, 2),
+                    rng.uniform(-3, 3, 2),
+                )
+            )
         for t in range(min(length, num_frames - frame_idx)):
             frame = background + rng.normal(0, 4, background.shape).astype(np.float32)
             for mask, colour, pos, vel in movers:
@@ -179,21 +195,35 @@ def single_hop_question(needle: Needle, rng: np.random.Generator) -> NeedleQuest
     """Locate by one attribute, ask the other (official wording)."""
     if rng.random() < 0.5:
         options, letter = _options(needle.colour, list(COLOURS), rng)
-        return NeedleQuestion(_format(f"Find the frame of {article(needle.shape)}. What is the color of the "
-                                      f"{needle.shape}?", options), letter, "color")
+        return NeedleQuestion(
+            _format(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}?", options),
+            letter,
+            "color",
+        )
     options, letter = _options(needle.shape, list(SHAPES), rng)
-    return NeedleQuestion(_format(f"Find the frame of {article(needle.colour)} card. What shape is on the "
-                                  f"{needle.colour} card?", options), letter, "shape")
+    return NeedleQuestion(
+        _format(
+            f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card?", options
+        ),
+        letter,
+        "shape",
+    )
 
 
 def open_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
     """The same facts answered in words ("It is red."): a dense signal for learning to read the cards, in
     the very tokens the options use (" red", " star")."""
     if rng.random() < 0.5:
-        return NeedleQuestion(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}?",
-                              f"It is {needle.colour}.", "color-word")
-    return NeedleQuestion(f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card?",
-                          f"It is {article(needle.shape)}.", "shape-word")
+        return NeedleQuestion(
+            f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}?",
+            f"It is {needle.colour}.",
+            "color-word",
+        )
+    return NeedleQuestion(
+        f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card?",
+        f"It is {article(needle.shape)}.",
+        "shape-word",
+    )
 
 
 @dataclass
@@ -214,15 +244,28 @@ def multi_hop_chain(hops: int, rng: np.random.Generator, split: str = "train") -
         colour = colours[int(rng.integers(0, len(colours)))]
         cards.append(Needle(shape, colour, shapes[k + 1] if k + 1 < hops else None))
     final = cards[-1]
-    entry = f"Find the frame of {article(cards[0].shape)}. Locate the final frame based on the instructions in the image, and"
+    entry = (
+        f"Find the frame of {article(cards[0].shape)}. Locate the final frame based on the instructions in the "
+        "image, and"
+    )
     captions = [article(f"{c} {s}") for s, c in combos("all")]
     o1, a1 = _options(final.caption, captions, rng)
     o2, a2 = _options(final.colour, list(COLOURS), rng)
-    return Chain(cards, [
-        NeedleQuestion(_format(f"{entry} choose the captions that best describe the frame:", o1), a1, "caption"),
-        NeedleQuestion(_format(f"{entry} answer the following question based on the final frame: what is the color "
-                               f"of the {final.shape}", o2), a2, "color"),
-    ])
+    return Chain(
+        cards,
+        [
+            NeedleQuestion(_format(f"{entry} choose the captions that best describe the frame:", o1), a1, "caption"),
+            NeedleQuestion(
+                _format(
+                    f"{entry} answer the following question based on the final frame: what is the color "
+                    f"of the {final.shape}",
+                    o2,
+                ),
+                a2,
+                "color",
+            ),
+        ],
+    )
 
 
 def random_needle(rng: np.random.Generator, split: str = "train") -> Needle:
@@ -269,8 +312,15 @@ def pretraining_colour(rng: np.random.Generator, radius: float = 48.0) -> tuple[
             return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
-def attribute_clip(frames: int, rng: np.random.Generator, hay: np.ndarray, size: int = 64, card_ratio: float = 0.75,
-                   pointer_ratio: float = 0.5, colour_radius: float = 48.0) -> tuple[np.ndarray, np.ndarray]:
+def attribute_clip(
+    frames: int,
+    rng: np.random.Generator,
+    hay: np.ndarray,
+    size: int = 64,
+    card_ratio: float = 0.75,
+    pointer_ratio: float = 0.5,
+    colour_radius: float = 48.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """A clip for vision pre-training: each frame a haystack frame (drawn from `hay`) or a card with a random
     shape, a random colour (`pretraining_colour`) and, for `pointer_ratio` of them, an instruction icon.
     Returns (uint8 [frames, size, size, 3], int64 labels [frames, 6]: card 0/1, shape, pointer, and the
@@ -306,9 +356,16 @@ def insert(frames: list[np.ndarray], needle_frames: list[list[np.ndarray]], posi
     return out
 
 
-def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, hops: int = 1,
-                    split: str = "train", distractors: int = 0, turns: int = 1,
-                    open_ratio: float = 0.0) -> tuple[np.ndarray, list[NeedleQuestion]]:
+def training_sample(
+    num_frames: int,
+    rng: np.random.Generator,
+    size: int = 64,
+    hops: int = 1,
+    split: str = "train",
+    distractors: int = 0,
+    turns: int = 1,
+    open_ratio: float = 0.0,
+) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
 
@@ -342,8 +399,9 @@ def training_sample(num_frames: int, rng: np.random.Generator, size: int = 64, h
     return np.stack(insert(hay, card_frames, positions)), questions
 
 
-def text_sample(rng: np.random.Generator, split: str = "train", turns: int = 1,
-                open_ratio: float = 0.0, others: int = 2) -> tuple[str, list[NeedleQuestion]]:
+def text_sample(
+    rng: np.random.Generator, split: str = "train", turns: int = 1, open_ratio: float = 0.0, others: int = 2
+) -> tuple[str, list[NeedleQuestion]]:
     """The cards described in words instead of shown (a cheap warm-up for answering by letter), with up to
     `others` more cards."""
     cards = [random_needle(rng, split)]
@@ -361,9 +419,19 @@ def text_sample(rng: np.random.Generator, split: str = "train", turns: int = 1,
     return context, questions
 
 
-def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int], seed: int = 0, size: int = 64,
-                       hops: tuple[int, ...] = (1,), split: str = "train", distractors: int = 2, turns: int = 1,
-                       open_ratio: float = 0.0, text: float = 0.0) -> Path:
+def write_training_set(
+    folder: str | Path,
+    samples: int,
+    frames: tuple[int, int],
+    seed: int = 0,
+    size: int = 64,
+    hops: tuple[int, ...] = (1,),
+    split: str = "train",
+    distractors: int = 2,
+    turns: int = 1,
+    open_ratio: float = 0.0,
+    text: float = 0.0,
+) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
     cards described in words) that teach answering by letter cheaply."""
@@ -384,8 +452,10 @@ def write_training_set(folder: str | Path, samples: int, frames: tuple[int, int]
             first, media = "<image>\n", {"video": name, "fps": 1.0}
         conversation = []
         for k, q in enumerate(questions):
-            conversation += [{"from": "human", "value": (first if k == 0 else "") + q.question},
-                             {"from": "gpt", "value": q.answer}]
+            conversation += [
+                {"from": "human", "value": (first if k == 0 else "") + q.question},
+                {"from": "gpt", "value": q.answer},
+            ]
         lines.append(json.dumps({"id": f"needle-{seed}-{i}", **media, "conversations": conversation}))
     path = folder / "records.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -12,10 +12,20 @@ def moving_shapes(num_frames: int, height: int = 96, width: int = 128, seed: int
     """Frames of a gradient background with a few shapes drifting across it."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
-                     np.full_like(xx, int(rng.integers(0, 256)))], -1).astype(np.uint8)
-    shapes = [(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(-2, 2), rng.uniform(-2, 2),
-               rng.integers(6, max(7, min(height, width) // 5)), rng.integers(0, 256, 3)) for _ in range(3)]
+    base = np.stack(
+        [xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), np.full_like(xx, int(rng.integers(0, 256)))], -1
+    ).astype(np.uint8)
+    shapes = [
+        (
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            rng.uniform(-2, 2),
+            rng.uniform(-2, 2),
+            rng.integers(6, max(7, min(height, width) // 5)),
+            rng.integers(0, 256, 3),
+        )
+        for _ in range(3)
+    ]
     for t in range(num_frames):
         frame = base.copy()
         for x0, y0, vx, vy, r, color in shapes:
@@ -52,11 +62,19 @@ def read_index(frame: np.ndarray) -> int:
     return value
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30, codec: str = "libx264",
-                gop: int = 250, bframes: int = 2, crf: int = 23) -> Path:
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 30,
+    codec: str = "libx264",
+    gop: int = 250,
+    bframes: int = 2,
+    crf: int = 23,
+) -> Path:
     """Encode RGB uint8 frames to `path` (H.264 with B-frames by default)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +90,9 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30,
         else:
             stream.options = {"g": str(gop)}
         for frame in _chain(first, frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24"
+            )
             out.mux(stream.encode(vf))
         out.mux(stream.encode())
     return path

@@ -45,8 +45,11 @@ def summarize(bench: Benchmark, rows: list[dict], questions: int, settings: dict
             for v in value if isinstance(value, list) else [value]:  # LVBench: several types per question
                 groups[key][str(v)].append(r)
     for key in [k for k in groups if k != "task"]:  # Video-MME's task_type, LongVideoBench's category: once
-        if all(len(v) == 1 and (r.get("task") or "") == v[0] for r in rows
-               for v in [_values((r.get("groups") or {}).get(key))]):
+        if all(
+            len(v) == 1 and (r.get("task") or "") == v[0]
+            for r in rows
+            for v in [_values((r.get("groups") or {}).get(key))]
+        ):
             del groups[key]
     errors: dict[str, int] = defaultdict(int)
     for r in rows:

@@ -19,8 +19,9 @@ runs `prefill_chunk` rows at a time. Chunking changes the numbers only by float 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ class RopeScaling:
     truncate: bool = True
 
     @classmethod
-    def from_config(cls, d: dict[str, Any]) -> "RopeScaling | None":
+    def from_config(cls, d: dict[str, Any]) -> RopeScaling | None:
         raw = d.get("rope_scaling")
         if raw is None and isinstance(d.get("rope_parameters"), dict):
             raw = d["rope_parameters"]
@@ -84,13 +85,21 @@ class RopeScaling:
         if kind == "yarn":  # transformers prefers a top-level original_max_position_embeddings (Phi-3 style)
             original = d.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings")
             max_pos = original or max_pos
-        numbers = {k: raw[k] for k in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
-                   if raw.get(k) is not None}
+        numbers = {
+            k: raw[k]
+            for k in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+            if raw.get(k) is not None
+        }
         for key, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"rope_scaling {key} must be a number, got {value!r}")
-        return cls(kind, float(factor), int(max_pos), truncate=bool(raw.get("truncate", True)),
-                   **{k: float(v) for k, v in numbers.items()})
+        return cls(
+            kind,
+            float(factor),
+            int(max_pos),
+            truncate=bool(raw.get("truncate", True)),
+            **{k: float(v) for k, v in numbers.items()},
+        )
 
 
 @dataclass
@@ -116,15 +125,26 @@ class Qwen2Config:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Qwen2Config":
+    def from_dict(cls, d: dict[str, Any]) -> Qwen2Config:
         """Read the LLM part of a released (HF-style) config.json, ignoring every other key."""
         theta = d.get("rope_theta")
         if theta is None:  # transformers >= 5 writes rope_parameters instead
             theta = (d.get("rope_parameters") or {}).get("rope_theta", cls.rope_theta)
-        names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings", "hidden_act")
+        names = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "rms_norm_eps",
+            "max_position_embeddings",
+            "tie_word_embeddings",
+            "hidden_act",
+        )
         kwargs = {k: d[k] for k in names if k in d}
-        kwargs["num_key_value_heads"] = d.get("num_key_value_heads") or d.get("num_attention_heads", cls.num_attention_heads)
+        kwargs["num_key_value_heads"] = d.get("num_key_value_heads") or d.get(
+            "num_attention_heads", cls.num_attention_heads
+        )
         kwargs["rope_theta"] = float(theta)
         kwargs["beacon_param"] = list(d.get("beacon_param") or [])
         kwargs["rope_scaling"] = RopeScaling.from_config(d)
@@ -134,8 +154,10 @@ class Qwen2Config:
             # transformers picks the sliding layers by max_window_layers with opposite meanings across versions
             # (4.40 flash-attn: layers below it; >= 4.48 every backend: layers from it up) and 4.40's sdpa/eager
             # ignore the window: no single behaviour to match, so refuse rather than guess
-            raise ConfigError("use_sliding_window=true is not supported (which layers slide depends on the "
-                              "transformers version and attention backend); set it to false, as released")
+            raise ConfigError(
+                "use_sliding_window=true is not supported (which layers slide depends on the "
+                "transformers version and attention backend); set it to false, as released"
+            )
         return cls(**kwargs)
 
 
@@ -155,21 +177,23 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None,
-                  seq_len: int = 0) -> tuple[torch.Tensor, float]:
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: RopeScaling | None = None, seq_len: int = 0
+) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim / 2] and the factor cos/sin are scaled by, as transformers computes them
     (same operation order, so the tables are equal). `seq_len` (highest position + 1) matters only to dynamic."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     if scaling is None:
-        return 1.0 / (theta ** exponents), 1.0
+        return 1.0 / (theta**exponents), 1.0
     factor = scaling.factor
     if scaling.type == "linear":  # positions divided by the factor
-        return 1.0 / (theta ** exponents) / factor, 1.0
+        return 1.0 / (theta**exponents) / factor, 1.0
     if scaling.type == "dynamic":  # NTK-aware: a larger base once the sequence outgrows the trained context
         trained = scaling.max_position_embeddings
         seq_len = max(seq_len, trained)
         base = theta * ((factor * seq_len / trained) - (factor - 1)) ** (head_dim / (head_dim - 2))
-        return 1.0 / (base ** exponents), 1.0
+        return 1.0 / (base**exponents), 1.0
+
     # yarn: interpolate low frequencies, keep high ones, ramp between; scale attention by the "mscale"
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
@@ -197,8 +221,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
     return inv_freq, float(attention_factor)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype,
-                 scaling: RopeScaling | None = None):
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, scaling: RopeScaling | None = None
+):
     """cos/sin tables for integer `positions` [n] (fp32 math, as the reference implementations).
 
     Dynamic scaling sizes its base by the highest position in `positions`, as transformers does for one
@@ -251,8 +276,9 @@ def attention(q, k, v, n_past: int, implementation: str = "sdpa", block_rows: in
     for start in range(0, n, rows):
         end = min(n, start + rows)
         keys = n_past + end
-        out[:, :, start:end] = _attend(q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], n_past + start,
-                                       implementation)
+        out[:, :, start:end] = _attend(
+            q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], n_past + start, implementation
+        )
     return out
 
 
@@ -428,8 +454,10 @@ class Qwen2ForCausalLM(nn.Module):
             chunk, n, reserved = self.config.prefill_chunk, inputs_embeds.shape[1], cache.reserved
             cache.reserve(reserved + n - chunk)  # the first growth makes room for every chunk (no re-copies)
             try:
-                parts = [self._forward(inputs_embeds[:, s : s + chunk], cache, None, step, False, None).hidden
-                         for s in range(0, n, chunk)]
+                parts = [
+                    self._forward(inputs_embeds[:, s : s + chunk], cache, None, step, False, None).hidden
+                    for s in range(0, n, chunk)
+                ]
             finally:
                 cache.reserve(reserved)
             return DecoderOutput(hidden=torch.cat(parts, dim=1))
@@ -439,9 +467,17 @@ class Qwen2ForCausalLM(nn.Module):
         """Chunking equals one pass only where rows flow through the layers independently of later rows:
         a cached, hook-free, beacon-free inference prefill (dynamic RoPE sizes its base by the whole call)."""
         scaling = self.config.rope_scaling
-        return (cache is not None and after_layer is None and step.beacon_mask is None and step.keep is None
-                and not output_hidden_states and positions is None and x.shape[1] > self.config.prefill_chunk
-                and not torch.is_grad_enabled() and (scaling is None or scaling.type != "dynamic"))
+        return (
+            cache is not None
+            and after_layer is None
+            and step.beacon_mask is None
+            and step.keep is None
+            and not output_hidden_states
+            and positions is None
+            and x.shape[1] > self.config.prefill_chunk
+            and not torch.is_grad_enabled()
+            and (scaling is None or scaling.type != "dynamic")
+        )
 
     def _forward(self, inputs_embeds, cache, after_layer, step, output_hidden_states, positions) -> DecoderOutput:
         x = inputs_embeds

@@ -23,8 +23,14 @@ from .base import VideoLLM, release_state
 from .video_xl import VideoXL, VideoXLConfig, VideoXLModel
 from .videochat_flash import VideoChatFlash, VideoChatFlashConfig, VideoChatFlashModel
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -60,8 +66,9 @@ def family_of(cfg: dict[str, Any]) -> Family:
     for fam in FAMILIES:
         if fam.matches(cfg):
             return fam
-    raise ConfigError(f"unsupported model (model_type={cfg.get('model_type')!r}, "
-                      f"mm_vision_tower={cfg.get('mm_vision_tower')!r})")
+    raise ConfigError(
+        f"unsupported model (model_type={cfg.get('model_type')!r}, mm_vision_tower={cfg.get('mm_vision_tower')!r})"
+    )
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -78,8 +85,10 @@ def build(cfg: dict[str, Any]):
     try:
         config = fam.config.from_dict(cfg)
     except (TypeError, ValueError, KeyError, AttributeError) as e:  # a value of the wrong type or shape
-        raise ConfigError(f"config.json does not describe a valid {fam.name} model: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else e}") from None
+        raise ConfigError(
+            f"config.json does not describe a valid {fam.name} model: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e}"
+        ) from None
     return fam, config, fam.module(config)
 
 
@@ -101,8 +110,10 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], dtyp
         raise CheckpointError("weights do not match config.json: " + ", ".join(parts))
     for key, value in expected.items():
         if tuple(mapped[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"weight {module.to_release_key(key)} has shape {tuple(mapped[key].shape)}, "
-                                  f"config.json implies {tuple(value.shape)}")
+            raise CheckpointError(
+                f"weight {module.to_release_key(key)} has shape {tuple(mapped[key].shape)}, "
+                f"config.json implies {tuple(value.shape)}"
+            )
     state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in mapped.items()}
     module.load_state_dict(state, strict=True, assign=True)
     if llm is not None and llm.config.tie_word_embeddings:
@@ -129,8 +140,14 @@ class _Reads(dict):
         return super().__contains__(key)
 
 
-def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32",
-         overrides: dict[str, Any] | None = None, weights: bool = True, revision: str | None = None) -> VideoLLM:
+def load(
+    path_or_hub_id: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    overrides: dict[str, Any] | None = None,
+    weights: bool = True,
+    revision: str | None = None,
+) -> VideoLLM:
     """Load a released checkpoint (local folder or hub id) as a ready-to-ask model object.
 
     `weights=False` builds it on the meta device without reading weights: enough to plan frames and
@@ -160,5 +177,17 @@ def load(path_or_hub_id: str | os.PathLike, device: str = "cpu", dtype: str | to
     return fam.wrapper(module, tokenizer, generation, name=str(path_or_hub_id), folder=folder)
 
 
-__all__ = ["Answer", "Family", "FAMILIES", "VideoLLM", "VisualTokens", "build", "family_of", "load", "load_weights",
-           "register", "release_state", "to_dtype"]
+__all__ = [
+    "Answer",
+    "Family",
+    "FAMILIES",
+    "VideoLLM",
+    "VisualTokens",
+    "build",
+    "family_of",
+    "load",
+    "load_weights",
+    "register",
+    "release_state",
+    "to_dtype",
+]

@@ -76,11 +76,21 @@ class VideoLLM:
     frames_multiple = 1  # plans are padded to a multiple of this many frames (the clip length)
     encode_batch = 8  # frames decoded and encoded per step (host memory holds one batch of frames)
     # config.json keys that only change the LLM side: they leave cached visual tokens valid
-    llm_side_keys = ("mm_llm_compress", "llm_compress", "llm_image_token", "tokenizer_model_max_length", "beacon",
-                     "enable_beacon", "use_cache", "rope_scaling", "max_position_embeddings")
+    llm_side_keys = (
+        "mm_llm_compress",
+        "llm_compress",
+        "llm_image_token",
+        "tokenizer_model_max_length",
+        "beacon",
+        "enable_beacon",
+        "use_cache",
+        "rope_scaling",
+        "max_position_embeddings",
+    )
 
-    def __init__(self, model: torch.nn.Module, tokenizer, generation: GenerationConfig, name: str,
-                 folder: Path | None = None):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, generation: GenerationConfig, name: str, folder: Path | None = None
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.generation = generation.updated(self.default_generation)
@@ -169,8 +179,9 @@ class VideoLLM:
         return plan.padded_to_multiple(self.frames_multiple)
 
     @torch.no_grad()
-    def encode_video(self, video: Video, plan: SamplingPlan, progress: bool = False,
-                     batch_frames: int | None = None) -> VisualTokens:
+    def encode_video(
+        self, video: Video, plan: SamplingPlan, progress: bool = False, batch_frames: int | None = None
+    ) -> VisualTokens:
         """Decode -> preprocess -> vision tower -> projector (-> compression), `batch_frames` frames at a time.
 
         Host memory holds one batch of frames plus the visual tokens, whatever the video's length; the
@@ -178,8 +189,9 @@ class VideoLLM:
         timer = Timer()
         step = max(batch_frames or self.encode_batch, 1)
         step += -step % self.frames_multiple  # whole clips only
-        tokens = torch.empty(self.visual_token_count(plan), self.config.llm.hidden_size, device=self.device,
-                             dtype=self.dtype)
+        tokens = torch.empty(
+            self.visual_token_count(plan), self.config.llm.hidden_size, device=self.device, dtype=self.dtype
+        )
         done = 0
         with progress_bar(len(plan), "encoding", progress) as bar:
             for batch in batched(video.frames(plan.indices), step, timer):
@@ -230,17 +242,25 @@ class VideoLLM:
         for comp in self.compressors:
             kept = [min(a, b) for a, b in zip(kept, comp.kv_tokens(num_visual, layers))]
         per_layer = [text_tokens + k for k in kept]
-        return TokenBudget(visual_tokens=num_visual, text_tokens=text_tokens, context_limit=self.context_limit(),
-                           kv_tokens_per_layer=per_layer, kv_bytes=sum(per_layer) * self.kv_bytes_per_token(),
-                           tokens_per_frame=num_visual / num_frames if num_frames else 0.0)
+        return TokenBudget(
+            visual_tokens=num_visual,
+            text_tokens=text_tokens,
+            context_limit=self.context_limit(),
+            kv_tokens_per_layer=per_layer,
+            kv_bytes=sum(per_layer) * self.kv_bytes_per_token(),
+            tokens_per_frame=num_visual / num_frames if num_frames else 0.0,
+        )
 
     def fingerprint(self) -> str:
         """Identifies what turns pixels into visual tokens: the config minus LLM-side keys, a hash of the
         weights' contents (two checkpoints of one shape never match), the dtype and the family."""
         if self._fingerprint is None:
             cfg = {k: v for k, v in self.config.raw.items() if not k.startswith(self.llm_side_keys)}
-            blob = json.dumps({"config": cfg, "weights": self._weights_digest(), "family": self.family,
-                               "dtype": str(self.dtype)}, sort_keys=True, default=str)
+            blob = json.dumps(
+                {"config": cfg, "weights": self._weights_digest(), "family": self.family, "dtype": str(self.dtype)},
+                sort_keys=True,
+                default=str,
+            )
             self._fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return self._fingerprint
 
@@ -257,26 +277,55 @@ class VideoLLM:
 
     # ---------------------------------------------------------------- the pipeline (pipeline.py)
 
-    def ask(self, video, question: str, *, max_new_tokens: int | None = None,
-            gen: GenerationOptions | dict | None = None, system: str | None = None, progress: bool = False,
-            on_token: Callable[[int], None] | None = None, cache=None, **sampling) -> Answer:
+    def ask(
+        self,
+        video,
+        question: str,
+        *,
+        max_new_tokens: int | None = None,
+        gen: GenerationOptions | dict | None = None,
+        system: str | None = None,
+        progress: bool = False,
+        on_token: Callable[[int], None] | None = None,
+        cache=None,
+        **sampling,
+    ) -> Answer:
         """Answer `question` about `video` (a path, an array [T,H,W,3], a `Video` or `VisualTokens`);
         `sampling`: the fields of `SamplingOptions` (max_frames, fps, num_frames, start, end, input_fps, ...)."""
-        answer, _ = Pipeline(self, cache).ask(video, question, SamplingOptions.of(sampling), system=system,
-                                              gen=GenerationOptions.of(gen, max_new_tokens=max_new_tokens),
-                                              on_token=on_token, progress=progress)
+        answer, _ = Pipeline(self, cache).ask(
+            video,
+            question,
+            SamplingOptions.of(sampling),
+            system=system,
+            gen=GenerationOptions.of(gen, max_new_tokens=max_new_tokens),
+            on_token=on_token,
+            progress=progress,
+        )
         return answer
 
-    def answer(self, visual: VisualTokens, question: str, history=(), system: str | None = None,
-               max_new_tokens: int | None = None, gen: GenerationOptions | dict | None = None,
-               on_token: Callable[[int], None] | None = None) -> Answer:
+    def answer(
+        self,
+        visual: VisualTokens,
+        question: str,
+        history=(),
+        system: str | None = None,
+        max_new_tokens: int | None = None,
+        gen: GenerationOptions | dict | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Answer:
         """Answer a question about already-encoded visual tokens, after `history` (a fresh prefill)."""
-        answer, _ = Pipeline(self).ask(visual, question, history=history, system=system,
-                                       gen=GenerationOptions.of(gen, max_new_tokens=max_new_tokens),
-                                       on_token=on_token)
+        answer, _ = Pipeline(self).ask(
+            visual,
+            question,
+            history=history,
+            system=system,
+            gen=GenerationOptions.of(gen, max_new_tokens=max_new_tokens),
+            on_token=on_token,
+        )
         return answer
 
-    def session(self, video, *, system: str | None = None, cache=None, progress: bool = False,
-                **sampling) -> ChatSession:
+    def session(
+        self, video, *, system: str | None = None, cache=None, progress: bool = False, **sampling
+    ) -> ChatSession:
         """A `ChatSession` about `video`: encoded once (or taken from `cache`, a `FeatureCache`)."""
         return Pipeline(self, cache).session(video, SamplingOptions.of(sampling), system, progress)

@@ -45,8 +45,11 @@ from .base import ReleaseKeys, VideoLLM
 
 FAMILY = "video_xl"
 # our parameter names -> the release's (the LLM keeps Qwen2's names, under `llm.`)
-RELEASE_PREFIXES = {"vision_tower.": "model.vision_tower.vision_tower.", "projector.": "model.mm_projector.",
-                    "llm.": ""}
+RELEASE_PREFIXES = {
+    "vision_tower.": "model.vision_tower.vision_tower.",
+    "projector.": "model.mm_projector.",
+    "llm.": "",
+}
 DEFAULT_FRAMES = 128  # the official lmms-eval setting (max_frames_num=128)
 
 
@@ -63,8 +66,11 @@ class VideoXLConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoXLConfig:
-        for key, allowed in (("mm_projector_type", "mlp2x_gelu"), ("mm_vision_select_feature", "patch"),
-                             ("mm_spatial_pool_mode", "average")):
+        for key, allowed in (
+            ("mm_projector_type", "mlp2x_gelu"),
+            ("mm_vision_select_feature", "patch"),
+            ("mm_spatial_pool_mode", "average"),
+        ):
             if d.get(key, allowed) != allowed:
                 raise ConfigError(f"{key}={d[key]!r} is not supported (only {allowed!r} was released)")
         llm = Qwen2Config.from_dict(d)
@@ -77,9 +83,16 @@ class VideoXLConfig:
         stride, grid = int(d.get("mm_spatial_pool_stride", 2)), vision.image_size // vision.patch_size
         if not 1 <= stride <= grid:
             raise ConfigError(f"mm_spatial_pool_stride={stride} does not fit the {grid}x{grid} patch grid")
-        return cls(raw=dict(d), llm=llm, vision=vision, select_layer=int(d.get("mm_vision_select_layer", -1)),
-                   mm_hidden_size=mm_hidden, pool_stride=stride, beacon=BeaconConfig.from_release(d),
-                   max_length=int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings))
+        return cls(
+            raw=dict(d),
+            llm=llm,
+            vision=vision,
+            select_layer=int(d.get("mm_vision_select_layer", -1)),
+            mm_hidden_size=mm_hidden,
+            pool_stride=stride,
+            beacon=BeaconConfig.from_release(d),
+            max_length=int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings),
+        )
 
     @property
     def tokens_per_frame(self) -> int:
@@ -115,8 +128,9 @@ class VideoXLModel(ReleaseKeys, nn.Module):
 
     # ------------------------------------------------------------------------------ LLM side
 
-    def prefill_video(self, prefix: torch.Tensor, visual: torch.Tensor, cache: KVCache,
-                      plan: BeaconPlan | None) -> None:
+    def prefill_video(
+        self, prefix: torch.Tensor, visual: torch.Tensor, cache: KVCache, plan: BeaconPlan | None
+    ) -> None:
         """Cache the prompt prefix [B, S, H] and the video [B, N, H] that follows it.
 
         The prefix is one uncompressed step (the release's "sink"). Each window of `plan` is then one step:
@@ -176,7 +190,8 @@ class BeaconBudget(TokenBudget):
             f"{self.visual_tokens} visual tokens kept as {self.kv_tokens_per_layer[0] - self.text_tokens} summary "
             f"tokens + {self.text_tokens} text tokens need {self.positions} positions, over the model's "
             f"{self.context_limit}; sample at most {self.max_frames()} frames (--max-frames / --fps) or "
-            f"compress more (e.g. --set beacon_ratio=[16])")
+            f"compress more (e.g. --set beacon_ratio=[16])"
+        )
 
 
 class VideoXL(VideoLLM):
@@ -253,8 +268,12 @@ class VideoXL(VideoLLM):
         if plan is None:
             return base
         same = {f.name: getattr(base, f.name) for f in fields(base) if f.init}
-        return BeaconBudget(**same, positions=plan.peak_rows(text_tokens), window_rows=self.config.beacon.window,
-                            kv_per_frame=plan.num_vst / num_frames if num_frames else 0.0)
+        return BeaconBudget(
+            **same,
+            positions=plan.peak_rows(text_tokens),
+            window_rows=self.config.beacon.window,
+            kv_per_frame=plan.num_vst / num_frames if num_frames else 0.0,
+        )
 
     def memory_report(self, num_frames: int) -> dict[str, Any]:
         """What the LLM caches for `num_frames` frames, uncompressed and at ratios 2/4/8/16 (`longvid info`).
@@ -265,11 +284,22 @@ class VideoXL(VideoLLM):
         rows = []
         for ratio in (2, 4, 8, 16):
             plan = BeaconCompressor(replace(self.config.beacon, ratios=[ratio])).plan(n)
-            rows.append({"ratio": ratio, "kv_tokens_per_window": plan.windows[0].num_vst if plan.windows else 0,
-                         "kv_tokens": plan.num_vst, "kv_bytes": plan.num_vst * per_token})
+            rows.append(
+                {
+                    "ratio": ratio,
+                    "kv_tokens_per_window": plan.windows[0].num_vst if plan.windows else 0,
+                    "kv_tokens": plan.num_vst,
+                    "kv_bytes": plan.num_vst * per_token,
+                }
+            )
         kept = self.compressor.kv_tokens(n, 1)[0]
-        return {"frames": num_frames, "visual_tokens": n, "window": self.config.beacon.window,
-                "windows": -(-n // self.config.beacon.window), "kv_bytes_per_token": per_token,
-                "uncompressed": {"kv_tokens": n, "kv_bytes": n * per_token},
-                "configured": {"policy": self.compressor.describe(), "kv_tokens": kept, "kv_bytes": kept * per_token},
-                "ratios": rows}
+        return {
+            "frames": num_frames,
+            "visual_tokens": n,
+            "window": self.config.beacon.window,
+            "windows": -(-n // self.config.beacon.window),
+            "kv_bytes_per_token": per_token,
+            "uncompressed": {"kv_tokens": n, "kv_bytes": n * per_token},
+            "configured": {"policy": self.compressor.describe(), "kv_tokens": kept, "kv_bytes": kept * per_token},
+            "ratios": rows,
+        }

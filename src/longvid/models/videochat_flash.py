@@ -30,8 +30,11 @@ from .base import ReleaseKeys, VideoLLM
 
 FAMILY = "videochat_flash"
 # our parameter names -> the release's (the LLM keeps Qwen2's names, under `llm.`)
-RELEASE_PREFIXES = {"vision_tower.": "model.vision_tower.vision_tower.", "projector.": "model.mm_projector.",
-                    "llm.": ""}
+RELEASE_PREFIXES = {
+    "vision_tower.": "model.vision_tower.vision_tower.",
+    "projector.": "model.mm_projector.",
+    "llm.": "",
+}
 
 
 @dataclass
@@ -46,8 +49,11 @@ class VideoChatFlashConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VideoChatFlashConfig:
-        for key, allowed in (("mm_projector_type", "tome16_mlp_hd64"), ("vision_encode_type", "video_image"),
-                             ("mm_newline_position", "nothing")):
+        for key, allowed in (
+            ("mm_projector_type", "tome16_mlp_hd64"),
+            ("vision_encode_type", "video_image"),
+            ("mm_newline_position", "nothing"),
+        ):
             if d.get(key, allowed) != allowed:
                 raise ConfigError(f"{key}={d[key]!r} is not supported (only {allowed!r} was released)")
         llm = Qwen2Config.from_dict(d)
@@ -55,9 +61,15 @@ class VideoChatFlashConfig:
         frames = int(d.get("mm_local_num_frames", 4))
         if frames < 1:
             raise ConfigError("mm_local_num_frames must be positive")
-        return cls(raw=dict(d), llm=llm, vision=vision, mm_hidden_size=int(d.get("mm_hidden_size", vision.embed_dim)),
-                   frames_per_clip=frames, token_drop=TokenDropConfig.from_release(d),
-                   max_length=int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings))
+        return cls(
+            raw=dict(d),
+            llm=llm,
+            vision=vision,
+            mm_hidden_size=int(d.get("mm_hidden_size", vision.embed_dim)),
+            frames_per_clip=frames,
+            token_drop=TokenDropConfig.from_release(d),
+            max_length=int(d.get("tokenizer_model_max_length") or llm.max_position_embeddings),
+        )
 
 
 class ToMeMlpProjector(nn.Module):
@@ -82,8 +94,9 @@ class VideoChatFlashModel(ReleaseKeys, nn.Module):
         self.config = config
         self.vision_tower = build_vision_tower(config.vision)
         if self.vision_tower.hidden_size != config.mm_hidden_size:
-            raise ConfigError(f"mm_hidden_size {config.mm_hidden_size} != vision tower width "
-                              f"{self.vision_tower.hidden_size}")
+            raise ConfigError(
+                f"mm_hidden_size {config.mm_hidden_size} != vision tower width {self.vision_tower.hidden_size}"
+            )
         self.projector = ToMeMlpProjector(config.mm_hidden_size, config.llm.hidden_size, self.vision_tower.num_heads)
         self.llm = Qwen2ForCausalLM(config.llm)
         self.token_drop = VideoTokenDrop(config.token_drop) if config.token_drop is not None else None
@@ -100,8 +113,14 @@ class VideoChatFlashModel(ReleaseKeys, nn.Module):
         after = self.llm.embed(torch.tensor(ids[start + 1 :], device=device, dtype=torch.long))
         return torch.cat([before, visual.to(before.dtype), after])[None], start
 
-    def forward(self, ids: list[int], visual: torch.Tensor, cache: KVCache | None = None,
-                kept_rows: list | None = None, output_hidden_states: bool = False) -> DecoderOutput:
+    def forward(
+        self,
+        ids: list[int],
+        visual: torch.Tensor,
+        cache: KVCache | None = None,
+        kept_rows: list | None = None,
+        output_hidden_states: bool = False,
+    ) -> DecoderOutput:
         """The LLM over text + visual rows, dropping visual rows between layers if configured."""
         embeds, start = self.embed_prompt(ids, visual)
         hook = None

@@ -25,8 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.needles import Needle, NeedleQuestion, haystack, multi_hop_chain, needle_card, random_needle, \
-    single_hop_question
+from ..data.needles import (
+    Needle,
+    NeedleQuestion,
+    haystack,
+    multi_hop_chain,
+    needle_card,
+    random_needle,
+    single_hop_question,
+)
 from ..errors import ConfigError, InputError
 from ..features import load_features, save_features
 from ..models.base import VideoLLM
@@ -111,15 +118,34 @@ def make_trial(s: NiahSettings, frames: int, depth: float | None, index: int) ->
         root = Path(s.needles).parent
         if "images" in item:  # official multi-hop: images in placement order, two questions
             images = [_load_image(root / p) for p in item["images"]]
-            qs = [NeedleQuestion(item["question1"], item["answer1"], "q1"), NeedleQuestion(item["question2"], item["answer2"], "q2")]
-            return Trial(frames, None, index, images, multi_hop_positions(frames, len(images)), qs, item["question1"][:60])
+            qs = [
+                NeedleQuestion(item["question1"], item["answer1"], "q1"),
+                NeedleQuestion(item["question2"], item["answer2"], "q2"),
+            ]
+            return Trial(
+                frames, None, index, images, multi_hop_positions(frames, len(images)), qs, item["question1"][:60]
+            )
         q = NeedleQuestion(item["question"], item["answer"], "single")
-        return Trial(frames, depth, index, [_load_image(root / item["image"])], [single_hop_position(frames, depth or 0)],
-                     [q], str(item.get("image")))
+        return Trial(
+            frames,
+            depth,
+            index,
+            [_load_image(root / item["image"])],
+            [single_hop_position(frames, depth or 0)],
+            [q],
+            str(item.get("image")),
+        )
     if s.hops == 1:
         needle = random_needle(rng, s.split)
-        return Trial(frames, depth, index, [needle_card(needle, s.size, int(rng.integers(2**31)))],
-                     [single_hop_position(frames, depth or 0)], [single_hop_question(needle, rng)], needle.caption)
+        return Trial(
+            frames,
+            depth,
+            index,
+            [needle_card(needle, s.size, int(rng.integers(2**31)))],
+            [single_hop_position(frames, depth or 0)],
+            [single_hop_question(needle, rng)],
+            needle.caption,
+        )
     chain = multi_hop_chain(s.hops, rng, s.split)
     order = rng.permutation(s.hops)  # chain order is not time order (as in the official data)
     cards: list[Needle] = [chain.cards[i] for i in order]
@@ -137,15 +163,16 @@ class Haystack:
     def __init__(self, s: NiahSettings):
         self.max_frames = max(s.frames)
         if s.haystack == "synthetic":
-            self.video: Video = ArrayVideo(np.stack(list(haystack(self.max_frames, s.size, s.seed))), 1.0,
-                                           f"synthetic(seed={s.seed})")
+            self.video: Video = ArrayVideo(
+                np.stack(list(haystack(self.max_frames, s.size, s.seed))), 1.0, f"synthetic(seed={s.seed})"
+            )
             self.indices = list(range(self.max_frames))
         else:
             self.video = open_video(s.haystack)
             per_second = fps_plan(self.video.num_frames, self.video.fps, 1.0).indices
             self.indices = [per_second[i % len(per_second)] for i in range(self.max_frames)]  # cycle short videos
 
-    def spliced(self, frames: int, images: list[np.ndarray], positions: list[int], repeat: int) -> "SplicedVideo":
+    def spliced(self, frames: int, images: list[np.ndarray], positions: list[int], repeat: int) -> SplicedVideo:
         return SplicedVideo(self.video, self.indices[:frames], images, positions, repeat)
 
 
@@ -207,8 +234,14 @@ def score(model: VideoLLM, visual: VisualTokens, q: NeedleQuestion, max_new_toke
     teacher = letter_of(model.tokenizer.decode(predicted, skip_special_tokens=True))
     text = model.tokenizer.decode(answer.token_ids, skip_special_tokens=True)
     truth = q.answer.strip().upper()
-    return {"answer": truth, "teacher_forced": teacher, "generated": text, "correct": teacher == truth,
-            "correct_generated": letter_of(text) == truth, "kind": q.kind}
+    return {
+        "answer": truth,
+        "teacher_forced": teacher,
+        "generated": text,
+        "correct": teacher == truth,
+        "correct_generated": letter_of(text) == truth,
+        "kind": q.kind,
+    }
 
 
 class NeedleEncoder:
@@ -248,12 +281,20 @@ def run_trial(model: VideoLLM, s: NiahSettings, hay: Haystack, trial: Trial, enc
         video = hay.spliced(trial.frames, trial.images, trial.positions, s.needle_frames)
         visual, _ = Pipeline(model).encode(video, full_plan(video.num_frames, clip))
     results = [score(model, visual, q, s.max_new_tokens) for q in trial.questions]
-    return {"key": trial.key, "frames": trial.frames, "depth": trial.depth, "trial": trial.index,
-            "needle": trial.description, "positions": trial.positions, "visual_tokens": int(visual.tokens.shape[0]),
-            "questions": results, "correct": all(r["correct"] for r in results),
-            "accuracy": float(np.mean([r["correct"] for r in results])),
-            "accuracy_generated": float(np.mean([r["correct_generated"] for r in results])),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "key": trial.key,
+        "frames": trial.frames,
+        "depth": trial.depth,
+        "trial": trial.index,
+        "needle": trial.description,
+        "positions": trial.positions,
+        "visual_tokens": int(visual.tokens.shape[0]),
+        "questions": results,
+        "correct": all(r["correct"] for r in results),
+        "accuracy": float(np.mean([r["correct"] for r in results])),
+        "accuracy_generated": float(np.mean([r["correct_generated"] for r in results])),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # ------------------------------------------------------------------------------------------- the grid
@@ -283,10 +324,17 @@ def run_niah(model: VideoLLM, s: NiahSettings, out: str | Path, progress: bool =
     done = {r["key"]: r for r in read_records(trials_path) if "key" in r}
     todo = [g for g in grid(s) if f"{g[0]}|{g[1]}|{g[2]}" not in done]
     hay = Haystack(s)
-    encoder = NeedleEncoder(model, hay, out, getattr(model.config, "frames_per_clip", 4), progress) \
-        if s.level == "embedding" else None
-    with RecordWriter(trials_path) as f, tqdm(total=len(grid(s)), initial=len(grid(s)) - len(todo), desc="niah",
-                                          unit="trial", disable=not progress) as bar:
+    encoder = (
+        NeedleEncoder(model, hay, out, getattr(model.config, "frames_per_clip", 4), progress)
+        if s.level == "embedding"
+        else None
+    )
+    with (
+        RecordWriter(trials_path) as f,
+        tqdm(
+            total=len(grid(s)), initial=len(grid(s)) - len(todo), desc="niah", unit="trial", disable=not progress
+        ) as bar,
+    ):
         for frames, depth, index in todo:
             record = run_trial(model, s, hay, make_trial(s, frames, depth, index), encoder)
             f.append(record)
@@ -304,8 +352,10 @@ def run_niah(model: VideoLLM, s: NiahSettings, out: str | Path, progress: bool =
 def summarize(records: list[dict], settings: dict) -> dict:
     cells: dict[str, dict] = {}
     for r in records:
-        cell = cells.setdefault(f"{r['frames']}|{r['depth']}", {"frames": r["frames"], "depth": r["depth"], "trials": 0,
-                                                                  "correct": 0.0, "correct_generated": 0.0})
+        cell = cells.setdefault(
+            f"{r['frames']}|{r['depth']}",
+            {"frames": r["frames"], "depth": r["depth"], "trials": 0, "correct": 0.0, "correct_generated": 0.0},
+        )
         cell["trials"] += 1
         cell["correct"] += r["accuracy"]
         cell["correct_generated"] += r["accuracy_generated"]
@@ -315,9 +365,11 @@ def summarize(records: list[dict], settings: dict) -> dict:
     by_frames: dict[str, dict] = {}
     for f in sorted({r["frames"] for r in records}):
         rs = [r for r in records if r["frames"] == f]
-        by_frames[str(f)] = {"accuracy": float(np.mean([r["accuracy"] for r in rs])),
-                             "accuracy_generated": float(np.mean([r["accuracy_generated"] for r in rs])),
-                             "trials": len(rs)}
+        by_frames[str(f)] = {
+            "accuracy": float(np.mean([r["accuracy"] for r in rs])),
+            "accuracy_generated": float(np.mean([r["accuracy_generated"] for r in rs])),
+            "trials": len(rs),
+        }
     questions = [q for r in records for q in r["questions"]]
     return {
         "accuracy": float(np.mean([q["correct"] for q in questions])) if questions else 0.0,

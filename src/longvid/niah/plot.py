@@ -16,8 +16,10 @@ def plot_summary(summary: dict, path: str | Path) -> Path:
     frames = sorted({c["frames"] for c in cells})
     depths = sorted({c["depth"] for c in cells if c["depth"] is not None})
     s = summary["settings"]
-    title = (f"{s.get('family', '')} NIAH, {s.get('level')} level, hops={s.get('hops')}: "
-             f"accuracy {summary['accuracy']:.1%} (generated {summary['accuracy_generated']:.1%})")
+    title = (
+        f"{s.get('family', '')} NIAH, {s.get('level')} level, hops={s.get('hops')}: "
+        f"accuracy {summary['accuracy']:.1%} (generated {summary['accuracy_generated']:.1%})"
+    )
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(frames) + 2), 3.2 if not depths else 0.6 * len(depths) + 2))
     if depths:
         grid = np.full((len(depths), len(frames)), np.nan)

@@ -43,7 +43,7 @@ class RecordWriter:
         self.path = Path(path)
         self._fd: int | None = None
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         read_records(self.path)  # never append after a cut line
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self

@@ -24,11 +24,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,16 +43,37 @@ from ..models.base import VideoLLM
 from ..session import FeatureCache
 from .engine import ChatOutcome, ChatTask, run_chat
 from .media import MediaPolicy, MediaResolver
-from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                      ChunkChoice, Delta, Dialogue, ErrorDetail, ErrorResponse, LongvidInfo, ModelCard, ModelList,
-                      PromptTokensDetails, Usage)
+from .schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Dialogue,
+    ErrorDetail,
+    ErrorResponse,
+    LongvidInfo,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    Usage,
+)
 from .worker import Admission, DeadlineExceeded, JobControl, ModelWorker, QueueFull, Slot
 
 log = logging.getLogger("longvid.serve")
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
-               429: "rate_limit_error", 504: "timeout_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
 
 
 @dataclass
@@ -88,10 +110,12 @@ class ClientGone(Exception):
     """The client disconnected; nobody will read the response."""
 
 
-def error_response(status: int, message: str, code: str | None = None, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, type=ERROR_TYPES.get(status, "server_error"),
-                                           code=code, param=param))
+def error_response(
+    status: int, message: str, code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorDetail(message=message, type=ERROR_TYPES.get(status, "server_error"), code=code, param=param)
+    )
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -111,14 +135,21 @@ class ServerState:
         """Refuse too much text before any work: 400 over the per-request cap, 429 over the server's."""
         texts = [dialogue.system, *(t for turn in dialogue.history for t in turn), dialogue.question]
         try:
-            tokens = count_text_tokens(self.model.tokenizer, texts, self.settings.max_text_tokens,
-                                       "the conversation's text")
+            tokens = count_text_tokens(
+                self.model.tokenizer, texts, self.settings.max_text_tokens, "the conversation's text"
+            )
         except InputError as e:
             raise APIError(400, str(e), "text_too_long", "messages") from None
         slot.reserve_text(tokens)
 
-    async def start_job(self, dialogue: Dialogue, request: ChatCompletionRequest, control: JobControl,
-                        slot: Slot, emit: Callable[[str], None] | None = None) -> asyncio.Future[ChatOutcome]:
+    async def start_job(
+        self,
+        dialogue: Dialogue,
+        request: ChatCompletionRequest,
+        control: JobControl,
+        slot: Slot,
+        emit: Callable[[str], None] | None = None,
+    ) -> asyncio.Future[ChatOutcome]:
         """Fetch the media and queue the job; the slot and temp files go when the job does."""
         loop = asyncio.get_running_loop()
         slot.claimed = True
@@ -128,10 +159,19 @@ class ServerState:
         except BaseException:  # failed, or cancelled mid-download: clean up once the download has ended
             fetching.add_done_callback(partial(_discard_fetch, slot))
             raise
-        task = ChatTask(media, dialogue.question, dialogue.history, dialogue.system, dialogue.media.sampling,
-                        request.max_new_tokens, request.generation(), request.stop)
-        job = self.worker.submit(partial(run_chat, self.model, self.cache, task, control,
-                                         self.settings.frame_limit, emit), control)
+        task = ChatTask(
+            media,
+            dialogue.question,
+            dialogue.history,
+            dialogue.system,
+            dialogue.media.sampling,
+            request.max_new_tokens,
+            request.generation(),
+            request.stop,
+        )
+        job = self.worker.submit(
+            partial(run_chat, self.model, self.cache, task, control, self.settings.frame_limit, emit), control
+        )
 
         def finished(_):
             media.cleanup()
@@ -142,11 +182,20 @@ class ServerState:
 
     def health(self) -> dict[str, Any]:
         a = self.admission
-        return {"status": "ok", "model": self.settings.model_id, "busy": self.worker.busy,
-                "requests": {"in_progress": a.active, "waiting": a.waiting, "rejected": a.rejected,
-                             "max_concurrency": a.max_concurrency, "max_queue": a.max_queue},
-                "jobs": {k: self.worker.stats[k] for k in ("completed", "cancelled", "timed_out", "invalid", "failed")},
-                "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses}}
+        return {
+            "status": "ok",
+            "model": self.settings.model_id,
+            "busy": self.worker.busy,
+            "requests": {
+                "in_progress": a.active,
+                "waiting": a.waiting,
+                "rejected": a.rejected,
+                "max_concurrency": a.max_concurrency,
+                "max_queue": a.max_queue,
+            },
+            "jobs": {k: self.worker.stats[k] for k in ("completed", "cancelled", "timed_out", "invalid", "failed")},
+            "feature_cache": {"hits": self.cache.hits, "misses": self.cache.misses},
+        }
 
 
 def _discard_fetch(slot, fetching: asyncio.Future) -> None:
@@ -189,26 +238,42 @@ async def _disconnected(request: Request) -> None:
 
 
 def _usage(out: ChatOutcome) -> Usage:
-    return Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                 total_tokens=out.prompt_tokens + out.completion_tokens,
-                 prompt_tokens_details=PromptTokensDetails(visual_tokens=out.visual_tokens))
+    return Usage(
+        prompt_tokens=out.prompt_tokens,
+        completion_tokens=out.completion_tokens,
+        total_tokens=out.prompt_tokens + out.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(visual_tokens=out.visual_tokens),
+    )
 
 
 def _info(out: ChatOutcome, started: float) -> LongvidInfo:
     timings = {**out.timings, "request": round(time.perf_counter() - started, 6)}
-    return LongvidInfo(plan=out.plan.to_dict(), num_frames=len(out.plan), visual_tokens=out.visual_tokens,
-                       feature_cache="hit" if out.cache_hit else "miss", timings=timings)
+    return LongvidInfo(
+        plan=out.plan.to_dict(),
+        num_frames=len(out.plan),
+        visual_tokens=out.visual_tokens,
+        feature_cache="hit" if out.cache_hit else "miss",
+        timings=timings,
+    )
 
 
-async def _events(state: ServerState, body: ChatCompletionRequest, control: JobControl, job: asyncio.Future,
-                  events: asyncio.Queue, first: str | None, started: float) -> AsyncIterator[str]:
+async def _events(
+    state: ServerState,
+    body: ChatCompletionRequest,
+    control: JobControl,
+    job: asyncio.Future,
+    events: asyncio.Queue,
+    first: str | None,
+    started: float,
+) -> AsyncIterator[str]:
     """The SSE stream: a role chunk, one chunk per delta, the finish chunk, usage if asked, [DONE]."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: Delta | None, finish: str | None = None, **extra) -> str:
         choices = [ChunkChoice(delta=delta, finish_reason=finish)] if delta is not None else []
-        return ChatCompletionChunk(id=ident, created=created, model=state.settings.model_id, choices=choices,
-                                   **extra).sse(body.include_usage)
+        return ChatCompletionChunk(
+            id=ident, created=created, model=state.settings.model_id, choices=choices, **extra
+        ).sse(body.include_usage)
 
     try:
         yield chunk(Delta(role="assistant", content=""))
@@ -265,8 +330,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def _location(loc: tuple) -> str:
     """`messages.0.content.1.fps`: without "body" and without pydantic's union tag after a part's index."""
-    keep = [x for i, x in enumerate(loc) if x != "body" and not (i >= 2 and loc[i - 2] == "content"
-                                                                 and isinstance(loc[i - 1], int))]
+    keep = [
+        x
+        for i, x in enumerate(loc)
+        if x != "body" and not (i >= 2 and loc[i - 2] == "content" and isinstance(loc[i - 1], int))
+    ]
     return ".".join(str(x) for x in keep)
 
 
@@ -276,10 +344,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, message, "invalid_request", param)
 
     async def on_http(_, exc: StarletteHTTPException):
-        messages = {404: "no such route", 405: "method not allowed",
-                    413: "the request body is larger than this server accepts"}
-        return error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)),
-                              "payload_too_large" if exc.status_code == 413 else None, headers=exc.headers)
+        messages = {
+            404: "no such route",
+            405: "method not allowed",
+            413: "the request body is larger than this server accepts",
+        }
+        return error_response(
+            exc.status_code,
+            messages.get(exc.status_code, str(exc.detail)),
+            "payload_too_large" if exc.status_code == 413 else None,
+            headers=exc.headers,
+        )
 
     async def on_error(_, exc: Exception):
         status, message, code = _classify(exc)
@@ -311,10 +386,14 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.limit:
-            status, message = (413, "the request body is larger than this server accepts") if length.isdigit() \
+            status, message = (
+                (413, "the request body is larger than this server accepts")
+                if length.isdigit()
                 else (400, "invalid Content-Length header")
+            )
             return await error_response(status, message, "payload_too_large" if status == 413 else None)(
-                scope, receive, send)
+                scope, receive, send
+            )
         seen = 0
 
         async def limited() -> dict:
@@ -335,7 +414,7 @@ class AdmitFirst:
 
     PATHS = ("/v1/chat/completions",)
 
-    def __init__(self, app: ASGIApp, state: "ServerState"):
+    def __init__(self, app: ASGIApp, state: ServerState):
         self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -411,22 +490,31 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
     @app.get("/v1/models/{model_id:path}")
     async def model_card(model_id: str) -> ModelCard:
         if model_id != settings.model_id:
-            raise APIError(404, f"model {model_id!r} not found; this server serves {settings.model_id!r}",
-                           "model_not_found")
+            raise APIError(
+                404, f"model {model_id!r} not found; this server serves {settings.model_id!r}", "model_not_found"
+            )
         return card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         started = time.perf_counter()
         if body.model is not None and body.model != settings.model_id:
-            raise APIError(404, f"model {body.model!r} not found; this server serves {settings.model_id!r}",
-                           "model_not_found", "model")
+            raise APIError(
+                404,
+                f"model {body.model!r} not found; this server serves {settings.model_id!r}",
+                "model_not_found",
+                "model",
+            )
         dialogue = Dialogue.from_request(body)
         wanted = dialogue.media.sampling.get("num_frames")
         if wanted is not None and wanted > settings.frame_limit:  # before any plan is built
-            raise APIError(400, f"the request samples {wanted} frames; this server allows at most "
-                           f"{settings.frame_limit} (lower nframes / fps, or set max_frames)", "invalid_request",
-                           "nframes")
+            raise APIError(
+                400,
+                f"the request samples {wanted} frames; this server allows at most "
+                f"{settings.frame_limit} (lower nframes / fps, or set max_frames)",
+                "invalid_request",
+                "nframes",
+            )
         slot: Slot = request.scope["state"]["longvid_slot"]
         state.count_text(dialogue, slot)
         control = JobControl(settings.timeout, request.scope["state"]["longvid_started"])
@@ -434,9 +522,13 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
             job = await guarded(request, control, state.start_job(dialogue, body, control, slot))
             out = await guarded(request, control, job)
             completion = ChatCompletion(
-                id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=settings.model_id,
+                id=f"chatcmpl-{uuid.uuid4().hex}",
+                created=int(time.time()),
+                model=settings.model_id,
                 choices=[Choice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)],
-                usage=_usage(out), longvid=_info(out, started))
+                usage=_usage(out),
+                longvid=_info(out, started),
+            )
             return JSONResponse(completion.model_dump())
 
         loop = asyncio.get_running_loop()
@@ -447,7 +539,10 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
         first = await guarded(request, control, events.get())
         if first is None:
             job.result()  # failed before the first token: a proper HTTP error, not a broken stream
-        return StreamingResponse(_events(state, body, control, job, events, first, started),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _events(state, body, control, job, events, first, started),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     return app

@@ -22,26 +22,33 @@ def serve(
     revision: Optional[str] = RevisionOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LONGVID_API_KEY",
-                                          help="Require `Authorization: Bearer KEY` on /v1 routes."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name",
-                                                    help="The model id clients send (default: --model)."),
-    media_root: Optional[Path] = typer.Option(None, "--media-root",
-                                              help="Allow file:// URLs, for files under this folder only."),
-    allow_remote_media: bool = typer.Option(False, "--allow-remote-media",
-                                            help="Allow http(s):// media URLs (public addresses only)."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="LONGVID_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 routes."
+    ),
+    served_model_name: Optional[str] = typer.Option(
+        None, "--served-model-name", help="The model id clients send (default: --model)."
+    ),
+    media_root: Optional[Path] = typer.Option(
+        None, "--media-root", help="Allow file:// URLs, for files under this folder only."
+    ),
+    allow_remote_media: bool = typer.Option(
+        False, "--allow-remote-media", help="Allow http(s):// media URLs (public addresses only)."
+    ),
     max_media_mb: float = typer.Option(32.0, "--max-media-mb", help="Largest data: payload or download."),
     fetch_timeout: float = typer.Option(30.0, "--fetch-timeout", help="Seconds allowed for one download."),
-    max_concurrency: int = typer.Option(2, "--max-concurrency",
-                                        help="Requests in progress at once (the model runs one at a time; "
-                                        "the others fetch media or wait for it)."),
+    max_concurrency: int = typer.Option(
+        2,
+        "--max-concurrency",
+        help="Requests in progress at once (the model runs one at a time; the others fetch media or wait for it).",
+    ),
     max_queue: int = typer.Option(32, "--max-queue", help="Requests waiting beyond those; more get HTTP 429."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds per request, queueing included (then 504)."),
     frame_limit: int = typer.Option(1024, "--frame-limit", help="Most frames one request may sample."),
     cache_dir: Optional[Path] = CacheDirOpt,
     cache_items: int = typer.Option(8, "--cache-items", help="Encoded videos kept in memory."),
-    max_text_tokens: int = typer.Option(MAX_TEXT_TOKENS, "--max-text-tokens",
-                                        help="Most text tokens (system + history + question) in one request."),
+    max_text_tokens: int = typer.Option(
+        MAX_TEXT_TOKENS, "--max-text-tokens", help="Most text tokens (system + history + question) in one request."
+    ),
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -55,21 +62,49 @@ def serve(
     from .app import ServerSettings, create_app
     from .media import MediaPolicy
 
-    if max_concurrency < 1 or max_queue < 0 or not 0 < timeout < 1e9 or frame_limit < 1 or max_text_tokens < 1 \
-            or not 0 < max_media_mb < 1e6 or not 0 < fetch_timeout < 1e9 or cache_items < 0:
-        raise ConfigError("--max-concurrency, --timeout, --fetch-timeout, --frame-limit, --max-text-tokens and "
-                          "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0")
+    if (
+        max_concurrency < 1
+        or max_queue < 0
+        or not 0 < timeout < 1e9
+        or frame_limit < 1
+        or max_text_tokens < 1
+        or not 0 < max_media_mb < 1e6
+        or not 0 < fetch_timeout < 1e9
+        or cache_items < 0
+    ):
+        raise ConfigError(
+            "--max-concurrency, --timeout, --fetch-timeout, --frame-limit, --max-text-tokens and "
+            "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0"
+        )
     policy = MediaPolicy(media_root, allow_remote_media, int(max_media_mb * (1 << 20)), fetch_timeout)
     m = load_model(model, sets, dtype, device, revision)
-    settings = ServerSettings(served_model_name or model or m.name, api_key, policy, max_concurrency, max_queue,
-                              timeout, frame_limit, cache_dir, cache_items, max_text_tokens)
+    settings = ServerSettings(
+        served_model_name or model or m.name,
+        api_key,
+        policy,
+        max_concurrency,
+        max_queue,
+        timeout,
+        frame_limit,
+        cache_dir,
+        cache_items,
+        max_text_tokens,
+    )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     if host not in LOOPBACK and not api_key:
-        print(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {host} without --api-key: anyone who can reach it can use the model",
+            file=sys.stderr,
+        )
     print(f"longvid: serving {settings.model_id!r} at http://{host}:{port}/v1 (pid {os.getpid()})", file=sys.stderr)
-    uvicorn.run(create_app(m, settings), host=host, port=port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=5, http=json_error_protocol())
+    uvicorn.run(
+        create_app(m, settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+        http=json_error_protocol(),
+    )
 
 
 def json_error_protocol():
@@ -80,13 +115,26 @@ def json_error_protocol():
 
     class JSONErrorH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": {"message": f"malformed HTTP request ({msg.rstrip('.')})",
-                                         "type": "invalid_request_error", "code": "invalid_request",
-                                         "param": None}}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                          h11.EndOfMessage()):
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": f"malformed HTTP request ({msg.rstrip('.')})",
+                        "type": "invalid_request_error",
+                        "code": "invalid_request",
+                        "param": None,
+                    }
+                }
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 

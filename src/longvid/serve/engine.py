@@ -13,8 +13,9 @@ disconnect and a deadline raise from `control.check()`, which the pipeline also 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 from ..features import FeatureCache
@@ -54,8 +55,14 @@ class ChatOutcome:
     timings: dict[str, float]
 
 
-def run_chat(model: VideoLLM, cache: FeatureCache, task: ChatTask, control: JobControl, frame_limit: int,
-             emit: Callable[[str], None] | None = None) -> ChatOutcome:
+def run_chat(
+    model: VideoLLM,
+    cache: FeatureCache,
+    task: ChatTask,
+    control: JobControl,
+    frame_limit: int,
+    emit: Callable[[str], None] | None = None,
+) -> ChatOutcome:
     """Answer `task` on the calling (model) thread; `emit` receives each text delta as it is made."""
     text = TextStream(model.tokenizer, task.stop)
 
@@ -68,10 +75,17 @@ def run_chat(model: VideoLLM, cache: FeatureCache, task: ChatTask, control: JobC
             raise StopGeneration()
 
     try:
-        answer, hit = Pipeline(model, cache).ask(task.media.source, task.question, task.sampling,
-                                                 history=task.history, system=task.system,
-                                                 gen=GenerationOptions.of(task.gen, max_new_tokens=task.max_new_tokens),
-                                                 on_token=on_token, frame_limit=frame_limit, check=control.check)
+        answer, hit = Pipeline(model, cache).ask(
+            task.media.source,
+            task.question,
+            task.sampling,
+            history=task.history,
+            system=task.system,
+            gen=GenerationOptions.of(task.gen, max_new_tokens=task.max_new_tokens),
+            on_token=on_token,
+            frame_limit=frame_limit,
+            check=control.check,
+        )
     except InputError as e:
         if task.media.temp is None:
             raise
@@ -80,6 +94,13 @@ def run_chat(model: VideoLLM, cache: FeatureCache, task: ChatTask, control: JobC
     tail = text.flush()
     if tail and emit is not None:
         emit(tail)
-    return ChatOutcome(text=text.text, finish_reason=answer.finish_reason, completion_tokens=len(text.ids),
-                       prompt_tokens=answer.prompt_tokens, visual_tokens=answer.num_visual_tokens, plan=answer.plan,
-                       cache_hit=hit, timings={k: round(float(v), 6) for k, v in answer.timings.items()})
+    return ChatOutcome(
+        text=text.text,
+        finish_reason=answer.finish_reason,
+        completion_tokens=len(text.ids),
+        prompt_tokens=answer.prompt_tokens,
+        visual_tokens=answer.num_visual_tokens,
+        plan=answer.plan,
+        cache_hit=hit,
+        timings={k: round(float(v), 6) for k, v in answer.timings.items()},
+    )

@@ -27,11 +27,12 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Literal
+from typing import BinaryIO, Literal
 from urllib.parse import unquote, urljoin, urlsplit
 
 import httpcore
@@ -43,9 +44,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_IMAGE_PIXELS = 64_000_000
 MAX_VIDEO_PIXELS = 4096 * 2304  # per frame: 4K (DCI and UHD) fits; a stream claiming 8000x8000 does not
-VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov", "video/x-matroska": ".mkv",
-                  "video/matroska": ".mkv", "video/x-msvideo": ".avi", "video/avi": ".avi", "video/mpeg": ".mpg",
-                  "video/ogg": ".ogv", "image/gif": ".gif"}
+VIDEO_SUFFIXES = {
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+    "video/x-matroska": ".mkv",
+    "video/matroska": ".mkv",
+    "video/x-msvideo": ".avi",
+    "video/avi": ".avi",
+    "video/mpeg": ".mpg",
+    "video/ogg": ".ogv",
+    "image/gif": ".gif",
+}
 KNOWN_SUFFIXES = set(VIDEO_SUFFIXES.values()) | {".m4v", ".ts", ".flv", ".3gp", ".wmv"}
 
 
@@ -85,8 +95,9 @@ def public_address(ip: IPAddress) -> bool:
         inner = embedded_ipv4(ip)
         if inner:
             return all(public_address(v4) for v4 in inner)
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-                                 or ip.is_multicast or ip.is_unspecified)
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
+    )
 
 
 @dataclass
@@ -143,8 +154,10 @@ class MediaResolver:
             return checked_resolution(self._data(url, kind))
         if scheme in ("http", "https"):
             if not self.policy.allow_remote:
-                raise MediaRefused("remote media URLs are disabled on this server (start it with "
-                                   "--allow-remote-media); send a data: URL instead")
+                raise MediaRefused(
+                    "remote media URLs are disabled on this server (start it with "
+                    "--allow-remote-media); send a data: URL instead"
+                )
             return checked_resolution(self._remote(url, kind))
         raise InputError(f"unsupported media URL {_short(url)}: use file://, data: or http(s)://")
 
@@ -226,8 +239,9 @@ def fetch(url: str, out: BinaryIO, policy: MediaPolicy) -> str:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise InputError(f"{_short(url)}: only http(s) URLs with a host can be fetched")
             try:
-                with pool.stream("GET", url, headers=[(b"User-Agent", b"longvid-serve")],
-                                 extensions={"timeout": _timeouts(deadline)}) as response:
+                with pool.stream(
+                    "GET", url, headers=[(b"User-Agent", b"longvid-serve")], extensions={"timeout": _timeouts(deadline)}
+                ) as response:
                     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
                     if response.status in (301, 302, 303, 307, 308) and "location" in headers:
                         url = urljoin(url, headers["location"])
@@ -235,14 +249,16 @@ def fetch(url: str, out: BinaryIO, policy: MediaPolicy) -> str:
                     if response.status != 200:
                         raise InputError(f"fetching {_short(url)} failed: HTTP {response.status}")
                     if int(headers.get("content-length") or 0) > policy.max_bytes:
-                        raise MediaTooLarge(f"{_short(url)} is larger than this server's limit of "
-                                            f"{_mib(policy.max_bytes)}")
+                        raise MediaTooLarge(
+                            f"{_short(url)} is larger than this server's limit of {_mib(policy.max_bytes)}"
+                        )
                     size = 0
                     for chunk in response.iter_stream():
                         size += len(chunk)
                         if size > policy.max_bytes:
-                            raise MediaTooLarge(f"{_short(url)} is larger than this server's limit of "
-                                                f"{_mib(policy.max_bytes)}")
+                            raise MediaTooLarge(
+                                f"{_short(url)} is larger than this server's limit of {_mib(policy.max_bytes)}"
+                            )
                         if time.monotonic() > deadline:
                             raise httpcore.ReadTimeout("deadline")
                         out.write(chunk)
@@ -265,8 +281,10 @@ class _CheckedBackend(httpcore.SyncBackend):
         infos = _resolve(host, port, _left(self.deadline))
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         if not addresses or not all(self.allowed(ip) for ip in addresses):
-            raise MediaRefused(f"host {host!r} resolves to an address this server does not fetch from "
-                               "(loopback, private, link-local or reserved)")
+            raise MediaRefused(
+                f"host {host!r} resolves to an address this server does not fetch from "
+                "(loopback, private, link-local or reserved)"
+            )
         stream = super().connect_tcp(str(addresses[0]), port, _left(self.deadline), local_address, socket_options)
         return _DeadlineStream(stream, self.deadline)
 
@@ -287,8 +305,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         self.stream.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self.stream.start_tls(ssl_context, server_hostname, _left(self.deadline)),
-                               self.deadline)
+        return _DeadlineStream(self.stream.start_tls(ssl_context, server_hostname, _left(self.deadline)), self.deadline)
 
     def get_extra_info(self, info: str):
         return self.stream.get_extra_info(info)
@@ -339,8 +356,10 @@ def checked_resolution(media: Media) -> Media:
     for width, height in sizes:
         if width * height > MAX_VIDEO_PIXELS:
             media.cleanup()
-            raise MediaTooLarge(f"the video's frames are {width}x{height}, more than this server's limit of "
-                                f"{MAX_VIDEO_PIXELS} pixels per frame")
+            raise MediaTooLarge(
+                f"the video's frames are {width}x{height}, more than this server's limit of "
+                f"{MAX_VIDEO_PIXELS} pixels per frame"
+            )
     return media
 
 
@@ -351,8 +370,10 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise MediaTooLarge(f"the image has {img.width}x{img.height} pixels, more than this server's "
-                                    f"limit of {MAX_IMAGE_PIXELS}")
+                raise MediaTooLarge(
+                    f"the image has {img.width}x{img.height} pixels, more than this server's "
+                    f"limit of {MAX_IMAGE_PIXELS}"
+                )
             return np.asarray(img.convert("RGB"))
     except Image.DecompressionBombError:
         raise MediaTooLarge(f"the image has more pixels than this server's limit of {MAX_IMAGE_PIXELS}") from None

@@ -49,10 +49,10 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 180.0) -> "ServerProcess":
+    def start(self, timeout: float = 180.0) -> ServerProcess:
         return self.launch().wait_ready(timeout)
 
-    def launch(self) -> "ServerProcess":
+    def launch(self) -> ServerProcess:
         """Start the process without waiting (to start several servers side by side)."""
         self.port = free_port()
         cmd = [sys.executable, "-m", "longvid", "serve", "--model", self.model, "--port", str(self.port), *self.args]
@@ -61,7 +61,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
-    def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
         """Wait until /health answers; raise with the log's tail if the process exits or time runs out."""
         assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
@@ -89,7 +89,7 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -62,7 +62,7 @@ class SamplingKnobs(BaseModel):
     end: float | None = Field(None, gt=0, le=MAX_SECONDS, validation_alias=AliasChoices("video_end", "end"))
 
     @model_validator(mode="after")
-    def _range(self) -> "SamplingKnobs":
+    def _range(self) -> SamplingKnobs:
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError("video_end must be after video_start")
         return self
@@ -213,8 +213,12 @@ class ChatCompletionRequest(BaseModel):
     def generation(self) -> dict[str, Any]:
         """Overrides of the checkpoint's generation config (temperature 0 means greedy, > 0 sampling);
         what the request leaves out keeps the checkpoint's value, as vLLM does."""
-        gen: dict[str, Any] = {"top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
-                               "repetition_penalty": self.repetition_penalty}
+        gen: dict[str, Any] = {
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+        }
         if self.temperature is not None:
             gen["do_sample"] = self.temperature >= SAMPLING_EPS
             if gen["do_sample"]:
@@ -244,7 +248,7 @@ class Dialogue:
     system: str | None = None
 
     @classmethod
-    def from_request(cls, request: ChatCompletionRequest) -> "Dialogue":
+    def from_request(cls, request: ChatCompletionRequest) -> Dialogue:
         system: list[str] = []
         turns: list[list[str]] = []  # [role, text], consecutive messages of one role merged
         media: MediaRef | None = None
@@ -254,8 +258,10 @@ class Dialogue:
                 raise InputError(f"messages[{i}]: only user messages may hold a video or image")
             if parts:
                 if media is not None or len(parts) > 1:
-                    raise InputError("exactly one video or image per conversation is supported "
-                                     "(send it once, in the first user message that needs it)")
+                    raise InputError(
+                        "exactly one video or image per conversation is supported "
+                        "(send it once, in the first user message that needs it)"
+                    )
                 media = _media_ref(parts[0], request.mm_processor_kwargs)
             if msg.role in ("system", "developer"):
                 system.append(msg.text())
@@ -383,4 +389,3 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-

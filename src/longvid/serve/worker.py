@@ -24,8 +24,9 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -79,7 +80,7 @@ class Slot:
     `claimed` is set by the handler that hands the slot on to a job (which releases it when it ends);
     whoever took the slot releases it if nobody claimed it."""
 
-    def __init__(self, admission: "Admission"):
+    def __init__(self, admission: Admission):
         self._admission: Admission | None = admission
         self.text_tokens = 0
         self.claimed = False
@@ -109,8 +110,9 @@ class Admission:
     async def acquire(self) -> Slot:
         if self.active + self.waiting >= self.max_concurrency + self.max_queue:
             self.rejected += 1
-            raise QueueFull(f"the server is busy ({self.active} requests in progress, {self.waiting} waiting); "
-                            "retry later")
+            raise QueueFull(
+                f"the server is busy ({self.active} requests in progress, {self.waiting} waiting); retry later"
+            )
         self.waiting += 1
         try:
             await self._free.acquire()
@@ -122,8 +124,10 @@ class Admission:
     def _reserve_text(self, tokens: int) -> None:
         if self.max_text_tokens is not None and self.text_tokens + tokens > self.max_text_tokens:
             self.rejected += 1
-            raise QueueFull(f"the server is busy ({self.text_tokens} text tokens in progress, at most "
-                            f"{self.max_text_tokens} in all); retry later")
+            raise QueueFull(
+                f"the server is busy ({self.text_tokens} text tokens in progress, at most "
+                f"{self.max_text_tokens} in all); retry later"
+            )
         self.text_tokens += tokens
 
     def _release(self, text_tokens: int = 0) -> None:

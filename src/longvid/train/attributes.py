@@ -9,17 +9,19 @@ pre-trained UMT tower; this stage is our stand-in for that pre-training.
 
 Each sample is a clip of `mm_local_num_frames` frames, each a haystack frame or a card painted in a
 random colour far from the eight named ones (colour must not predict shape, and no needle the
-model is later asked about is seen here, see `longvid.data.needles.pretraining_colour`). The clip goes through the tower, ToMe and the projector,
-exactly as at inference; each frame's merged tokens are averaged (as an LLM attending to them would)
-and small linear heads predict whether the frame is a card, its shape, its instruction icon and (a
-regression, so that learning shapes does not wash colours out) the shape's RGB. The heads are dropped
+model is later asked about is seen here, see `longvid.data.needles.pretraining_colour`). The clip goes
+through the tower, ToMe and the projector, exactly as at inference; each frame's merged tokens are
+averaged (as an LLM attending to them would) and small linear heads predict whether the frame is a
+card, its shape, its instruction icon and (a regression, so that learning shapes does not wash
+colours out) the shape's RGB. The heads are dropped
 afterwards: checkpoints hold the released keys only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +34,15 @@ from ..errors import ConfigError
 from .module import TrainingModule
 
 IGNORE = -100
-DEFAULTS: dict[str, Any] = {"task": "cards", "card_ratio": 0.75, "pointer_ratio": 0.5, "colour_radius": 48.0,
-                            "haystack_frames": 2048, "size": 64, "seed": 0}
+DEFAULTS: dict[str, Any] = {
+    "task": "cards",
+    "card_ratio": 0.75,
+    "pointer_ratio": 0.5,
+    "colour_radius": 48.0,
+    "haystack_frames": 2048,
+    "size": 64,
+    "seed": 0,
+}
 
 
 def is_cards(synthetic: dict[str, Any] | None) -> bool:
@@ -109,24 +118,46 @@ class AttributeModule(TrainingModule):
         for j, size in enumerate(ATTRIBUTES.values()):
             target = labels[:, j]
             if (target != IGNORE).any():
-                loss = loss + F.cross_entropy(logits[:, first : first + size], target, ignore_index=IGNORE,
-                                              reduction="sum")
+                loss = loss + F.cross_entropy(
+                    logits[:, first : first + size], target, ignore_index=IGNORE, reduction="sum"
+                )
             first += size
         card = labels[:, 0] == 1
         rgb = labels[card, len(ATTRIBUTES) :].to(logits.dtype) / 255
         return loss + F.mse_loss(logits[card, first:], rgb, reduction="sum")
 
 
-def attribute_batches(spec: dict[str, Any], processor, frames: int, micro: int, stage_seed: int, rank: int,
-                      world: int, start: int, total: int, accum: int) -> Iterator[AttributeBatch]:
+def attribute_batches(
+    spec: dict[str, Any],
+    processor,
+    frames: int,
+    micro: int,
+    stage_seed: int,
+    rank: int,
+    world: int,
+    start: int,
+    total: int,
+    accum: int,
+) -> Iterator[AttributeBatch]:
     """This process's micro-batches for steps start..total-1, deterministic in (seed, step, rank, micro
     index), so a resumed run sees the same data."""
     hay = np.stack(list(haystack(int(spec["haystack_frames"]), int(spec["size"]), int(spec["seed"]) + 7)))
     for step in range(start, total):
         for j in range(accum):
             rng = np.random.default_rng([int(spec["seed"]), stage_seed, step, rank, j])
-            clips, labels = zip(*(attribute_clip(frames, rng, hay, int(spec["size"]), float(spec["card_ratio"]),
-                                                 float(spec["pointer_ratio"]), float(spec["colour_radius"]))
-                                  for _ in range(micro)))
+            clips, labels = zip(
+                *(
+                    attribute_clip(
+                        frames,
+                        rng,
+                        hay,
+                        int(spec["size"]),
+                        float(spec["card_ratio"]),
+                        float(spec["pointer_ratio"]),
+                        float(spec["colour_radius"]),
+                    )
+                    for _ in range(micro)
+                )
+            )
             pixels = processor(list(np.concatenate(clips)))
             yield AttributeBatch(pixels.reshape(micro, frames, *pixels.shape[1:]), torch.from_numpy(np.stack(labels)))

@@ -23,8 +23,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,19 +44,31 @@ def tokenizer_files(folder: Path) -> dict[str, Path]:
     """The files that travel with every checkpoint: tokenizer, generation config, chat template."""
     out = {}
     for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and p.name not in NOT_TOKENIZER and p.suffix in (".json", ".txt", ".model", ".jinja", ".tiktoken") \
-                and not p.name.endswith(".index.json"):
+        if (
+            p.is_file()
+            and p.name not in NOT_TOKENIZER
+            and p.suffix in (".json", ".txt", ".model", ".jinja", ".tiktoken")
+            and not p.name.endswith(".index.json")
+        ):
             out[p.name] = p
     return out
 
 
-def write_model_files(folder: Path, model, config: dict[str, Any], state: dict[str, torch.Tensor],
-                      files_from: Path, lora=None, base: str | None = None, dtype: torch.dtype | None = None) -> None:
+def write_model_files(
+    folder: Path,
+    model,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    files_from: Path,
+    lora=None,
+    base: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write config.json + weights (full, or LoRA adapter + modules trained in full) + tokenizer into `folder`.
 
     `state` holds VideoChatFlashModel parameter names (full model, or what `trained_state` kept)."""
     folder.mkdir(parents=True, exist_ok=True)
-    cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)  # noqa: E731
+    cast = lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t  # noqa: E731
     cfg = dict(config)
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
@@ -68,11 +81,15 @@ def write_model_files(folder: Path, model, config: dict[str, Any], state: dict[s
         return
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(lora, str(base)), indent=2) + "\n")
     adapters = adapter_tensors(state, model.to_release_key)
-    save_file({k: cast(v).contiguous() for k, v in adapters.items()}, str(folder / ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
+    save_file(
+        {k: cast(v).contiguous() for k, v in adapters.items()}, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"}
+    )
     full = {k: v for k, v in state.items() if not is_lora_key(k)}
-    save_file({model.to_release_key(k): cast(v).contiguous() for k, v in full.items()}, str(folder / NON_LORA),
-              metadata={"format": "pt"})
+    save_file(
+        {model.to_release_key(k): cast(v).contiguous() for k, v in full.items()},
+        str(folder / NON_LORA),
+        metadata={"format": "pt"},
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -154,8 +171,10 @@ def merge_adapter(adapter: Path, output: Path, base: str | None = None, dtype: s
     loaded = load_for_training(adapter, base=base)
     merge(loaded.model)
     target = to_dtype(dtype or loaded.config.get("torch_dtype") or "float32")
-    tensors = {k: v.to(target) if v.is_floating_point() else v
-               for k, v in release_state(loaded.model, loaded.model.state_dict()).items()}
+    tensors = {
+        k: v.to(target) if v.is_floating_point() else v
+        for k, v in release_state(loaded.model, loaded.model.state_dict()).items()
+    }
     config = {**loaded.config, "torch_dtype": str(target).removeprefix("torch.")}
     save_checkpoint(Path(output), config, tensors, extra_files=tokenizer_files(loaded.files_from))
     return Path(output)

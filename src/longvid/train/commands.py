@@ -19,13 +19,17 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps per stage (overrides optim)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's latest checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Processes to launch on this machine (via torch.distributed.run)."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting, e.g. --set optim.micro_batch_size=2."),
+    sets: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a setting, e.g. --set optim.micro_batch_size=2."
+    ),
 ):
     """Train a VideoChat-Flash model: one stage or a curriculum of stages, on 1 or N processes.
 
-    Writes OUTPUT/metrics.jsonl (one line per optimizer step), resumable checkpoints in the released format under OUTPUT/checkpoints, the final weights in OUTPUT/final and OUTPUT/loss.png.
+    Writes OUTPUT/metrics.jsonl (one line per optimizer step), resumable checkpoints in the released
+    format under OUTPUT/checkpoints, the final weights in OUTPUT/final and OUTPUT/loss.png.
 
-    N processes: --nproc N, torchrun --nproc_per_node N -m longvid train ..., or accelerate launch --multi_gpu --num_processes N -m longvid train ...; the same config serves any process count.
+    N processes: --nproc N, torchrun --nproc_per_node N -m longvid train ..., or accelerate launch
+    --multi_gpu --num_processes N -m longvid train ...; the same config serves any process count.
     """
     from ..errors import ConfigError
     from .config import load_config
@@ -43,17 +47,30 @@ def train(
             stage.accumulation(nproc)
             for f in stage.data.files:
                 read_records(Path(f.path), Path(f.root if f.root is not None else stage.data.root))
-        args = [str(config), *(["--output", output] if output else []), *(["--resume"] if resume else []),
-                *(["--max-steps", str(max_steps)] if max_steps is not None else []),
-                *[arg for pair in sets or [] for arg in ("--set", pair)]]
+        args = [
+            str(config),
+            *(["--output", output] if output else []),
+            *(["--resume"] if resume else []),
+            *(["--max-steps", str(max_steps)] if max_steps is not None else []),
+            *[arg for pair in sets or [] for arg in ("--set", pair)],
+        ]
         raise typer.Exit(launch(nproc, args))
     run_training(config, output=output, max_steps=max_steps, resume=resume, sets=overrides)
 
 
 def launch(nproc: int, train_args: list[str]) -> int:
     """Run `longvid train ...` under torch.distributed.run with `nproc` processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "longvid", "train", *train_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "longvid",
+        "train",
+        *train_args,
+    ]
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
 
@@ -66,8 +83,8 @@ def merge_lora(
 ):
     """Fold a LoRA adapter into its base weights: a full checkpoint in the released format."""
     from ..errors import CheckpointError
-    from .lora import ADAPTER_CONFIG
     from .checkpointing import merge_adapter
+    from .lora import ADAPTER_CONFIG
 
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise CheckpointError(f"{adapter} is not a LoRA folder (no {ADAPTER_CONFIG})")

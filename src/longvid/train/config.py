@@ -78,7 +78,9 @@ class DataSpec:
     synthetic: dict[str, Any] | None = None  # generated toy data, see longvid.train.toy
     frames_lowbound: int = 0
     frames_upbound: int = 512
-    sample: str = "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments); all
+    sample: str = (
+        "dynamic_fps1"  # the official samplers: dynamic_fps1 (~1 fps) or middle (frames_upbound segments); all
+    )
     template: str = "qwen"  # qwen (ChatML, stages 2-4) or plain ("<image>" + answer, the stage-1 connector init)
     labels: str = "official"  # official (preprocess_qwen: role tokens and newlines too) or answers (replies only)
     time_message: bool | str = True  # true: the official training string; "chat": as `longvid ask` builds it; false
@@ -140,8 +142,10 @@ class StageConfig:
         """Micro-batches per process and optimizer step, for `processes` processes."""
         per_step = self.optim.micro_batch_size * processes
         if self.optim.global_batch_size % per_step:
-            raise ConfigError(f"stage {self.name}: optim.global_batch_size {self.optim.global_batch_size} is not a "
-                              f"multiple of micro_batch_size x processes = {per_step}")
+            raise ConfigError(
+                f"stage {self.name}: optim.global_batch_size {self.optim.global_batch_size} is not a "
+                f"multiple of micro_batch_size x processes = {per_step}"
+            )
         return self.optim.global_batch_size // per_step
 
     @property
@@ -155,8 +159,10 @@ class StageConfig:
             raise ConfigError(f"stage {self.name}: unknown trainable module {bad[0]!r} (use {', '.join(MODULES)})")
         for module, lr in self.trainable.items():
             if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < 1e3):
-                raise ConfigError(f"stage {self.name}: trainable.{module} must be a learning rate >= 0 "
-                                  f"(or null to freeze it), got {lr!r}")
+                raise ConfigError(
+                    f"stage {self.name}: trainable.{module} must be a learning rate >= 0 "
+                    f"(or null to freeze it), got {lr!r}"
+                )
         if not any(v for v in self.trainable.values()):
             raise ConfigError(f"stage {self.name}: nothing to train (give a learning rate under trainable:)")
         if self.lora is not None and not self.lr("llm"):
@@ -175,18 +181,28 @@ class StageConfig:
             (self.data.frames_upbound >= 1, "data.frames_upbound must be at least 1"),
             (bool(self.data.files) or self.data.synthetic is not None, "data needs files or a synthetic section"),
             (self.optim.micro_batch_size >= 1, "optim.micro_batch_size must be at least 1"),
-            (self.optim.global_batch_size % self.optim.micro_batch_size == 0,
-             "optim.global_batch_size must be a multiple of optim.micro_batch_size"),
+            (
+                self.optim.global_batch_size % self.optim.micro_batch_size == 0,
+                "optim.global_batch_size must be a multiple of optim.micro_batch_size",
+            ),
             (self.optim.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
             (self.optim.epochs > 0 or self.optim.max_steps, "optim.epochs must be positive"),
-            (self.optim.max_steps is None or self.optim.max_steps >= 1, "optim.max_steps (--max-steps) must be at least 1"),
+            (
+                self.optim.max_steps is None or self.optim.max_steps >= 1,
+                "optim.max_steps (--max-steps) must be at least 1",
+            ),
             (0 <= self.optim.warmup_ratio <= 1, "optim.warmup_ratio must be between 0 and 1"),
             (self.optim.warmup_steps is None or self.optim.warmup_steps >= 0, "optim.warmup_steps must be at least 0"),
             (self.optim.weight_decay >= 0, "optim.weight_decay must be at least 0"),
-            (self.distributed.strategy in ("ddp", "fsdp2", "deepspeed"),
-             "distributed.strategy must be ddp, fsdp2 or deepspeed"),
+            (
+                self.distributed.strategy in ("ddp", "fsdp2", "deepspeed"),
+                "distributed.strategy must be ddp, fsdp2 or deepspeed",
+            ),
             (self.lora is None or self.lora.r >= 1, "lora.r must be at least 1"),
-            (self.distributed.zero_stage in (0, 1, 2), "distributed.zero_stage must be 0, 1 or 2 (fsdp2 shards parameters)"),
+            (
+                self.distributed.zero_stage in (0, 1, 2),
+                "distributed.zero_stage must be 0, 1 or 2 (fsdp2 shards parameters)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -196,8 +212,9 @@ class StageConfig:
 # ------------------------------------------------------------------------------------------ parsing
 
 
-def load_config(path: str | Path, sets: dict[str, Any] | None = None, output: str | None = None,
-                max_steps: int | None = None) -> list[StageConfig]:
+def load_config(
+    path: str | Path, sets: dict[str, Any] | None = None, output: str | None = None, max_steps: int | None = None
+) -> list[StageConfig]:
     """The stages of a YAML file, with `--set key.sub=value` overrides applied to every stage."""
     path = Path(path)
     try:
@@ -213,8 +230,13 @@ def load_config(path: str | Path, sets: dict[str, Any] | None = None, output: st
     return expand_stages(raw, default_name=path.stem, sets=sets, output=output, max_steps=max_steps)
 
 
-def expand_stages(raw: dict[str, Any], default_name: str = "train", sets: dict[str, Any] | None = None,
-                  output: str | None = None, max_steps: int | None = None) -> list[StageConfig]:
+def expand_stages(
+    raw: dict[str, Any],
+    default_name: str = "train",
+    sets: dict[str, Any] | None = None,
+    output: str | None = None,
+    max_steps: int | None = None,
+) -> list[StageConfig]:
     raw = copy.deepcopy(raw)
     overrides = raw.pop("stages", None)
     if overrides is None:

@@ -25,9 +25,9 @@ What the model sees follows the official trainer (`preprocess_multimodal` + `pre
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -152,14 +152,24 @@ def parse_record(obj: object, where: str, root: Path) -> Record:
     for key in ("start", "end", "fps"):
         if obj.get(key) is not None:
             if isinstance(obj[key], bool) or not isinstance(obj[key], (int, float)) or obj[key] < 0:
-                raise bad(f'"{key}" must be a non-negative number of seconds' if key != "fps" else '"fps" must be positive')
+                raise bad(
+                    f'"{key}" must be a non-negative number of seconds' if key != "fps" else '"fps" must be positive'
+                )
             numbers[key] = float(obj[key])
     if numbers.get("fps") == 0:
         raise bad('"fps" must be positive')
     if "start" in numbers and "end" in numbers and numbers["end"] <= numbers["start"]:
         raise bad('"end" must be after "start"')
-    return Record(str(obj.get("id", where)), where, kind, media, turns, numbers.get("start"), numbers.get("end"),
-                  numbers.get("fps"))
+    return Record(
+        str(obj.get("id", where)),
+        where,
+        kind,
+        media,
+        turns,
+        numbers.get("start"),
+        numbers.get("end"),
+        numbers.get("fps"),
+    )
 
 
 def with_image_first(text: str, msg: str = "", chat: bool = False) -> str:
@@ -171,7 +181,7 @@ def with_image_first(text: str, msg: str = "", chat: bool = False) -> str:
     if not text.startswith(IMAGE_TOKEN):
         text = (IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
     if chat and msg.strip():
-        return f"{IMAGE_TOKEN}\n{msg.strip()} {text[len(IMAGE_TOKEN):].lstrip()}"
+        return f"{IMAGE_TOKEN}\n{msg.strip()} {text[len(IMAGE_TOKEN) :].lstrip()}"
     if msg.rstrip():
         text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN + msg.rstrip() + " ")
     return text
@@ -303,8 +313,9 @@ class TrainDataset:
             elif self.spec.sample == "all":  # every frame of pre-sampled videos (uniform beyond the bound)
                 plan = uniform_plan(count, video.fps, min(count, self.spec.frames_upbound), first)
             else:
-                plan = videochat_flash_plan(count, video.fps, self.spec.frames_upbound, self.spec.frames_lowbound,
-                                            multiple=k, first_index=first)
+                plan = videochat_flash_plan(
+                    count, video.fps, self.spec.frames_upbound, self.spec.frames_lowbound, multiple=k, first_index=first
+                )
             plan = plan.padded_to_multiple(k)
             pixels = self.processor(video.read(plan.indices))
         finally:
@@ -348,8 +359,14 @@ class Batch:
 
     def model_inputs(self, device) -> dict:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return {"tokens": move(self.tokens), "labels": move(self.labels), "visual_mask": move(self.visual_mask),
-                "clips": move(self.clips), "images": move(self.images), "order": self.order}
+        return {
+            "tokens": move(self.tokens),
+            "labels": move(self.labels),
+            "visual_mask": move(self.visual_mask),
+            "clips": move(self.clips),
+            "images": move(self.images),
+            "order": self.order,
+        }
 
 
 def collate(samples: list[Sample], skipped: list[str], pad_id: int, frames_per_clip: int) -> Batch:
@@ -362,9 +379,13 @@ def collate(samples: list[Sample], skipped: list[str], pad_id: int, frames_per_c
             continue
         k = s.ids.index(IMAGE_TOKEN_INDEX)
         rest = len(s.ids) - k - 1
-        rows.append((s.ids[:k] + [pad_id] * s.num_visual + s.ids[k + 1:],
-                     s.labels[:k] + [IGNORE_INDEX] * s.num_visual + s.labels[k + 1:],
-                     [False] * k + [True] * s.num_visual + [False] * rest))
+        rows.append(
+            (
+                s.ids[:k] + [pad_id] * s.num_visual + s.ids[k + 1 :],
+                s.labels[:k] + [IGNORE_INDEX] * s.num_visual + s.labels[k + 1 :],
+                [False] * k + [True] * s.num_visual + [False] * rest,
+            )
+        )
         if s.kind == "video":
             c = s.pixels.reshape(-1, frames_per_clip, *s.pixels.shape[1:])
             order.append(("video", n_clips, c.shape[0]))
@@ -383,8 +404,16 @@ def collate(samples: list[Sample], skipped: list[str], pad_id: int, frames_per_c
         tokens[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(labs)] = torch.tensor(labs)
         mask[b, : len(vis)] = torch.tensor(vis)
-    return Batch(tokens, labels, mask, torch.cat(clips) if clips else None, torch.cat(images) if images else None,
-                 order, len(samples), list(skipped))
+    return Batch(
+        tokens,
+        labels,
+        mask,
+        torch.cat(clips) if clips else None,
+        torch.cat(images) if images else None,
+        order,
+        len(samples),
+        list(skipped),
+    )
 
 
 class GlobalBatches:
@@ -438,8 +467,16 @@ class MicroBatches(torch.utils.data.Dataset):
     """Item k = the k-th micro-batch this process trains on from `start_step`, loaded and collated
     (in DataLoader workers when there are any)."""
 
-    def __init__(self, dataset: TrainDataset, schedule: GlobalBatches, rank: int, world: int, start_step: int,
-                 end_step: int, pad_id: int):
+    def __init__(
+        self,
+        dataset: TrainDataset,
+        schedule: GlobalBatches,
+        rank: int,
+        world: int,
+        start_step: int,
+        end_step: int,
+        pad_id: int,
+    ):
         self.dataset = dataset
         self.schedule = schedule
         self.rank, self.world = rank, world

@@ -20,9 +20,10 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,15 +31,26 @@ import torch
 from ..checkpoint import load_tokenizer, read_config, resolve
 from ..errors import ConfigError
 from ..models import to_dtype
-from .checkpointing import (STATE_DIR, building, commit, latest_checkpoint, prune, read_state, rng_state,
-                            set_rng_state, step_folder, temp_folder, write_model_files)
+from ..vision import SquashProcessor
+from .attributes import AttributeModule, attribute_batches, cards_spec, is_cards
+from .checkpointing import (
+    STATE_DIR,
+    building,
+    commit,
+    latest_checkpoint,
+    prune,
+    read_state,
+    rng_state,
+    set_rng_state,
+    step_folder,
+    temp_folder,
+    write_model_files,
+)
 from .config import StageConfig, load_config
 from .data import Batch, GlobalBatches, MicroBatches, TrainDataset, read_records, unbatched
 from .distributed import Dist
 from .lora import inject, merge
 from .metrics import MetricsLog
-from ..vision import SquashProcessor
-from .attributes import AttributeModule, attribute_batches, cards_spec, is_cards
 from .module import LoadedModel, TrainingModule, load_for_training, resolution_overrides, trained_state
 from .toy import folder_for, generate
 
@@ -56,8 +68,14 @@ class StageResult:
     module: TrainingModule | None = None  # the trained module (kept only when asked)
 
 
-def train(config: str | Path, output: str | None = None, max_steps: int | None = None, resume: bool = False,
-          sets: dict[str, Any] | None = None, keep_module: bool = False) -> list[StageResult]:
+def train(
+    config: str | Path,
+    output: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    sets: dict[str, Any] | None = None,
+    keep_module: bool = False,
+) -> list[StageResult]:
     """`longvid train CONFIG.yaml`: run every stage of the file (see longvid.train.config)."""
     stages = load_config(config, sets=sets, output=output, max_steps=max_steps)
     return run(stages, resume=resume, keep_module=keep_module)
@@ -78,8 +96,11 @@ def _run(stages: list[StageConfig], resume: bool, keep_module: bool) -> list[Sta
     dist = Dist.setup(stages[0].distributed.strategy)
     run_dir = Path(stages[0].output.dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main)
-    if not resume and ((run_dir / "metrics.jsonl").exists() or any(run_dir.glob("checkpoints/step-*"))
-                       or any(run_dir.glob("*/checkpoints/step-*"))):
+    if not resume and (
+        (run_dir / "metrics.jsonl").exists()
+        or any(run_dir.glob("checkpoints/step-*"))
+        or any(run_dir.glob("*/checkpoints/step-*"))
+    ):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
     results: list[StageResult] = []
     global_step = 0
@@ -87,8 +108,10 @@ def _run(stages: list[StageConfig], resume: bool, keep_module: bool) -> list[Sta
     finals = [(run_dir if len(stages) == 1 else run_dir / s.name) / "final" / FINAL_STATE for s in stages]
     if resume and all(f.is_file() for f in finals) and dist.is_main:
         steps = json.loads(finals[-1].read_text()).get("global_step", "?")
-        say(f"nothing to resume: the run in {run_dir} already finished ({steps} steps); --max-steps counts a "
-            f"stage's total steps and does not extend a finished stage (train from {finals[-1].parent} instead)")
+        say(
+            f"nothing to resume: the run in {run_dir} already finished ({steps} steps); --max-steps counts a "
+            f"stage's total steps and does not extend a finished stage (train from {finals[-1].parent} instead)"
+        )
     for index, stage in enumerate(stages):
         stage_dir = run_dir if len(stages) == 1 else run_dir / stage.name
         done = stage_dir / "final" / FINAL_STATE
@@ -131,8 +154,17 @@ def seed_everything(seed: int) -> None:
 
 
 class StageRunner:
-    def __init__(self, stage: StageConfig, index: int, run_dir: Path, stage_dir: Path, previous: Path | None,
-                 dist: Dist, metrics: MetricsLog, global_start: int):
+    def __init__(
+        self,
+        stage: StageConfig,
+        index: int,
+        run_dir: Path,
+        stage_dir: Path,
+        previous: Path | None,
+        dist: Dist,
+        metrics: MetricsLog,
+        global_start: int,
+    ):
         self.stage, self.index = stage, index
         self.run_dir, self.stage_dir = run_dir, stage_dir
         self.previous = previous
@@ -205,8 +237,10 @@ class StageRunner:
         module = AttributeModule(loaded.model) if cards else TrainingModule(loaded.model)
         module.configure(stage)
         if stage.model.resolution and module.model.config.vision.image_size != stage.model.resolution:
-            raise ConfigError(f"model.resolution {stage.model.resolution} but the tower runs at "
-                              f"{module.model.config.vision.image_size}")
+            raise ConfigError(
+                f"model.resolution {stage.model.resolution} but the tower runs at "
+                f"{module.model.config.vision.image_size}"
+            )
         tokenizer = load_tokenizer(loaded.files_from)
         accum = stage.accumulation(dist.world)
         start = int(state["step"]) if state else 0
@@ -216,42 +250,66 @@ class StageRunner:
             total = stage.optim.max_steps
             layout = module.layout()
             dataset = None
-            batches = attribute_batches(cards_spec(stage.data.synthetic), SquashProcessor(layout.image_size),
-                                        layout.frames_per_clip,
-                                        stage.optim.micro_batch_size, stage.seed, dist.rank, dist.world, start, total,
-                                        accum)
+            batches = attribute_batches(
+                cards_spec(stage.data.synthetic),
+                SquashProcessor(layout.image_size),
+                layout.frames_per_clip,
+                stage.optim.micro_batch_size,
+                stage.seed,
+                dist.rank,
+                dist.world,
+                start,
+                total,
+                accum,
+            )
         else:
             max_length = stage.data.max_length or module.model.config.max_length
             dataset = TrainDataset(records, tokenizer, stage.data, module.layout(), max_length)
-            schedule = GlobalBatches([dataset.length(i) for i in range(len(dataset))], stage.optim.global_batch_size,
-                                     stage.optim.micro_batch_size, stage.seed, stage.data.group_by_length)
+            schedule = GlobalBatches(
+                [dataset.length(i) for i in range(len(dataset))],
+                stage.optim.global_batch_size,
+                stage.optim.micro_batch_size,
+                stage.seed,
+                stage.data.group_by_length,
+            )
             total = stage.optim.max_steps or math.ceil(stage.optim.epochs * schedule.steps_per_epoch)
         self.skipped = int(state.get("skipped", 0)) if state else 0
         self.metrics.rewind(self.global_start + start)
 
         model = dist.wrap(module)
         optimizer = torch.optim.AdamW(module.param_groups(stage), betas=tuple(stage.optim.betas), eps=stage.optim.eps)
-        warmup = stage.optim.warmup_steps if stage.optim.warmup_steps is not None else \
-            math.ceil(stage.optim.warmup_ratio * total)
+        warmup = (
+            stage.optim.warmup_steps
+            if stage.optim.warmup_steps is not None
+            else math.ceil(stage.optim.warmup_ratio * total)
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_schedule(total, warmup, stage.optim.min_lr_ratio, stage.optim.schedule == "constant"))
+            optimizer, lr_schedule(total, warmup, stage.optim.min_lr_ratio, stage.optim.schedule == "constant")
+        )
         if dist.strategy == "deepspeed":
             model = dist.deepspeed(module, optimizer, stage, accum)
         if ckpt is not None:
             if dist.strategy == "deepspeed":
                 model.load_checkpoint(str(ckpt / STATE_DIR / "deepspeed"), tag="state", load_lr_scheduler_states=False)
             else:
-                dist.load_optimizer_state(model, optimizer,
-                                          torch.load(ckpt / STATE_DIR / "optimizer.pt", weights_only=False))
+                dist.load_optimizer_state(
+                    model, optimizer, torch.load(ckpt / STATE_DIR / "optimizer.pt", weights_only=False)
+                )
             scheduler.load_state_dict(torch.load(ckpt / STATE_DIR / "scheduler.pt", weights_only=False))
 
         if not cards:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             micro = MicroBatches(dataset, schedule, dist.rank, dist.world, start, total, pad_id)
             workers = stage.data.num_workers
-            loader = torch.utils.data.DataLoader(micro, batch_size=None, shuffle=False, num_workers=workers,
-                                                 collate_fn=unbatched, prefetch_factor=2 if workers else None,
-                                                 generator=torch.Generator().manual_seed(stage.seed))
+            loader = torch.utils.data.DataLoader(
+                micro,
+                batch_size=None,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=unbatched,
+                prefetch_factor=2 if workers else None,
+                generator=torch.Generator().manual_seed(stage.seed),
+            )
             batches = iter(loader)
         if ckpt is not None:  # after the loader started: its workers must not shift the restored RNG
             rng_file = ckpt / STATE_DIR / f"rng-rank{dist.rank}.pt"
@@ -265,18 +323,21 @@ class StageRunner:
         ctx = Context(model, module, optimizer, scheduler, loaded, accum, total)
         if dist.is_main:
             what = "generated card clips" if dataset is None else f"{len(dataset)} records"
-            say(f"stage {stage.name}: {what}, {total} steps of {stage.optim.global_batch_size} "
+            say(
+                f"stage {stage.name}: {what}, {total} steps of {stage.optim.global_batch_size} "
                 f"samples ({dist.world} process{'es' if dist.world > 1 else ''} x {accum} micro-batches of "
                 f"{stage.optim.micro_batch_size}, {dist.strategy if dist.distributed else 'single process'})"
-                + (f", resuming after step {start}" if start else ""))
+                + (f", resuming after step {start}" if start else "")
+            )
         losses = self.loop(ctx, batches, start)
         if self.skipped and dist.is_main:
             say(f"stage {stage.name}: {self.skipped} sample(s) skipped (missing or unreadable media)")
         final = self.export_final(ctx)
-        return StageResult(stage.name, total, self.global_start + total, final, losses, self.skipped,
-                           module if keep_module else None)
+        return StageResult(
+            stage.name, total, self.global_start + total, final, losses, self.skipped, module if keep_module else None
+        )
 
-    def loop(self, ctx: "Context", batches: Iterator, start: int) -> list[float]:
+    def loop(self, ctx: Context, batches: Iterator, start: int) -> list[float]:
         stage, dist = self.stage, self.dist
         losses = []
         bar = progress(ctx.total, start, stage.name, dist.is_main)
@@ -288,10 +349,19 @@ class StageRunner:
             lr = max(lrs.values())
             done = step + 1
             losses.append(loss)
-            record = {"step": self.global_start + done, "stage": stage.name, "stage_step": done,
-                      "loss": loss if math.isfinite(loss) else None, "lr": max(lrs.values()), "lrs": lrs,
-                      "grad_norm": norm, "tokens": int(counts[1]), "samples": int(counts[2]),
-                      "skipped": self.skipped, "seconds": round(time.perf_counter() - t0, 4)}
+            record = {
+                "step": self.global_start + done,
+                "stage": stage.name,
+                "stage_step": done,
+                "loss": loss if math.isfinite(loss) else None,
+                "lr": max(lrs.values()),
+                "lrs": lrs,
+                "grad_norm": norm,
+                "tokens": int(counts[1]),
+                "samples": int(counts[2]),
+                "skipped": self.skipped,
+                "seconds": round(time.perf_counter() - t0, 4),
+            }
             self.metrics.write(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -318,7 +388,7 @@ class StageRunner:
             say(f"warning: skipped {reason}", rank=self.dist.rank if self.dist.distributed else None)
         return batch
 
-    def optimizer_step(self, ctx: "Context", batches: Iterator) -> tuple[float, float, list[float]]:
+    def optimizer_step(self, ctx: Context, batches: Iterator) -> tuple[float, float, list[float]]:
         """One global batch: forward / backward over this process's micro-batches, then one update.
         Returns (mean loss over all supervised tokens, gradient norm, summed counts)."""
         if self.dist.strategy == "deepspeed":
@@ -354,13 +424,17 @@ class StageRunner:
         ctx.optimizer.zero_grad(set_to_none=True)
         return counts[0] / counts[1], dist.total_norm(norm), counts
 
-    def deepspeed_step(self, ctx: "Context", batches: Iterator) -> tuple[float, float, list[float]]:
+    def deepspeed_step(self, ctx: Context, batches: Iterator) -> tuple[float, float, list[float]]:
         """The same step through a DeepSpeed engine, which scales by 1 / (micro-batches x processes) itself:
         the step's micro-batches are loaded first so that each loss can be divided by all its tokens."""
         dist, engine = self.dist, ctx.model
         engine.train()
         micro = [self.next_batch(batches) for _ in range(ctx.accum)]
-        local = [sum(b.num_targets for b in micro), sum(b.num_samples for b in micro), sum(len(b.skipped) for b in micro)]
+        local = [
+            sum(b.num_targets for b in micro),
+            sum(b.num_samples for b in micro),
+            sum(len(b.skipped) for b in micro),
+        ]
         targets, samples, skipped = dist.all_sum(local)
         self.skipped += int(skipped) - local[2]
         scale = ctx.accum * dist.world / max(targets, 1)
@@ -378,13 +452,13 @@ class StageRunner:
         return (total / targets if targets else float("nan")), norm, [total, targets, samples, skipped]
 
     # ---------------------------------------------------------------- checkpoints
-    def trained(self, ctx: "Context") -> dict[str, torch.Tensor]:
+    def trained(self, ctx: Context) -> dict[str, torch.Tensor]:
         """What the checkpoint keeps, gathered on the main process (collective)."""
         state = self.dist.model_state(ctx.model)
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}  # no probe heads
         return trained_state(ctx.module.model, state, ctx.loaded.lora is not None) if self.dist.is_main else {}
 
-    def save_step(self, ctx: "Context", step: int) -> None:
+    def save_step(self, ctx: Context, step: int) -> None:
         dist = self.dist
         final = step_folder(self.stage_dir, step)
         tmp = temp_folder(final)
@@ -399,31 +473,52 @@ class StageRunner:
         if deepspeed:  # its own sharded format for weights + optimizer, written by every process
             ctx.model.save_checkpoint(str(tmp / STATE_DIR / "deepspeed"), tag="state")
         if dist.is_main:
-            write_model_files(tmp, ctx.module.model, ctx.loaded.config, state, ctx.loaded.files_from,
-                              ctx.loaded.lora, ctx.loaded.base)
+            write_model_files(
+                tmp, ctx.module.model, ctx.loaded.config, state, ctx.loaded.files_from, ctx.loaded.lora, ctx.loaded.base
+            )
             if optim is not None:
                 torch.save(optim, tmp / STATE_DIR / "optimizer.pt")
             torch.save(ctx.scheduler.state_dict(), tmp / STATE_DIR / "scheduler.pt")
         dist.barrier()
         if dist.is_main:
-            info = {"stage": self.stage.name, "stage_index": self.index, "step": step,
-                    "global_step": self.global_start + step, "total_steps": ctx.total, "world_size": dist.world,
-                    "strategy": dist.strategy, "skipped": self.skipped, "base": ctx.loaded.base}
+            info = {
+                "stage": self.stage.name,
+                "stage_index": self.index,
+                "step": step,
+                "global_step": self.global_start + step,
+                "total_steps": ctx.total,
+                "world_size": dist.world,
+                "strategy": dist.strategy,
+                "skipped": self.skipped,
+                "base": ctx.loaded.base,
+            }
             (tmp / STATE_DIR / "state.json").write_text(json.dumps(info, indent=2) + "\n")
             commit(tmp, final)
             prune(self.stage_dir, self.stage.output.keep_last)
         dist.barrier()
 
-    def export_final(self, ctx: "Context") -> Path:
+    def export_final(self, ctx: Context) -> Path:
         final = self.stage_dir / "final"
         state = self.trained(ctx)
         if self.dist.is_main:
             dtype = self.stage.output.save_dtype or ctx.loaded.config.get("torch_dtype") or "float32"
-            info = {"stage": self.stage.name, "steps": ctx.total, "global_step": self.global_start + ctx.total,
-                    "skipped": self.skipped}
+            info = {
+                "stage": self.stage.name,
+                "steps": ctx.total,
+                "global_step": self.global_start + ctx.total,
+                "skipped": self.skipped,
+            }
             with building(final) as tmp:
-                write_model_files(tmp, ctx.module.model, ctx.loaded.config, state, ctx.loaded.files_from,
-                                  ctx.loaded.lora, ctx.loaded.base, dtype=to_dtype(dtype))
+                write_model_files(
+                    tmp,
+                    ctx.module.model,
+                    ctx.loaded.config,
+                    state,
+                    ctx.loaded.files_from,
+                    ctx.loaded.lora,
+                    ctx.loaded.base,
+                    dtype=to_dtype(dtype),
+                )
                 (tmp / FINAL_STATE).write_text(json.dumps(info, indent=2) + "\n")
         self.dist.barrier()
         return final
@@ -454,7 +549,8 @@ def make_tiny(folder: Path, init: dict[str, Any]) -> None:
         raise ConfigError(f"model.init.tokenizer must be generic or needle, not {tokenizer!r}")
     corpus, added = None, None
     if tokenizer == "needle":  # trained on the needle task's text, with the option markers as whole tokens
-        from ..data.needles import OPTION_MARKERS, corpus as needle_corpus
+        from ..data.needles import OPTION_MARKERS
+        from ..data.needles import corpus as needle_corpus
 
         corpus, added = needle_corpus(), list(OPTION_MARKERS)
     try:

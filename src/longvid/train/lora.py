@@ -47,10 +47,13 @@ def inject(model: nn.Module, spec: LoraSpec) -> None:
         raise ConfigError("lora.targets is empty")
     pattern = target_pattern(spec)
     if not any(re.fullmatch(pattern, name) for name, _ in model.named_modules()):
-        raise ConfigError(f"lora.targets {spec.targets} match no LLM linear layer (known: q_proj, k_proj, v_proj, "
-                          "o_proj, gate_proj, up_proj, down_proj)")
-    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=pattern,
-                             bias="none")
+        raise ConfigError(
+            f"lora.targets {spec.targets} match no LLM linear layer (known: q_proj, k_proj, v_proj, "
+            "o_proj, gate_proj, up_proj, down_proj)"
+        )
+    config = peft.LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=pattern, bias="none"
+    )
     peft.inject_adapter_in_model(config, model)
 
 
@@ -82,22 +85,37 @@ def load_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
     for key, value in tensors.items():
         if not key.startswith(PEFT_PREFIX):
             raise CheckpointError(f"unexpected adapter weight {key}")
-        module, _, rest = key[len(PEFT_PREFIX):].rpartition(".lora_")
-        ours = model.from_release_key(module + ".weight")[: -len(".weight")] + f".lora_{rest.split('.')[0]}.default.weight"
+        module, _, rest = key[len(PEFT_PREFIX) :].rpartition(".lora_")
+        ours = (
+            model.from_release_key(module + ".weight")[: -len(".weight")] + f".lora_{rest.split('.')[0]}.default.weight"
+        )
         if ours not in params:
             raise CheckpointError(f"adapter weight {key} matches no LoRA layer of this model")
         if params[ours].shape != value.shape:
-            raise CheckpointError(f"adapter weight {key} has shape {tuple(value.shape)}, expected "
-                                  f"{tuple(params[ours].shape)} (different lora.r?)")
+            raise CheckpointError(
+                f"adapter weight {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(params[ours].shape)} (different lora.r?)"
+            )
         with torch.no_grad():
             params[ours].copy_(value)
 
 
 def adapter_config(spec: LoraSpec, base: str) -> dict[str, Any]:
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": spec.r,
-            "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "target_modules": list(spec.targets),
-            "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-            "use_rslora": False, "modules_to_save": None}
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": spec.r,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": list(spec.targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "modules_to_save": None,
+    }
 
 
 def read_adapter_config(folder: Path) -> tuple[LoraSpec, str]:
@@ -108,8 +126,12 @@ def read_adapter_config(folder: Path) -> tuple[LoraSpec, str]:
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_rslora"):
         raise CheckpointError(f"{folder}: only plain LoRA adapters are supported")
     targets = cfg.get("target_modules") or []
-    spec = LoraSpec(r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), dropout=float(cfg.get("lora_dropout", 0.0)),
-                    targets=[targets] if isinstance(targets, str) else list(targets))
+    spec = LoraSpec(
+        r=int(cfg["r"]),
+        alpha=float(cfg["lora_alpha"]),
+        dropout=float(cfg.get("lora_dropout", 0.0)),
+        targets=[targets] if isinstance(targets, str) else list(targets),
+    )
     return spec, str(cfg.get("base_model_name_or_path") or "")
 
 

@@ -23,8 +23,11 @@ class MetricsLog:
         """Drop lines after `global_step` (steps a killed run did past its last checkpoint)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                if line.strip() and _step(line) is not None and _step(line) <= global_step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines(keepends=True)
+            if line.strip() and _step(line) is not None and _step(line) <= global_step
+        ]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
         tmp.replace(self.path)

@@ -24,8 +24,16 @@ from ..errors import CheckpointError, ConfigError
 from ..models import build, load_weights, release_state
 from .config import LoraSpec, StageConfig
 from .data import IGNORE_INDEX, VisualLayout
-from .lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, NON_LORA, inject, is_lora_key, load_adapter_tensors, merge,
-                   read_adapter_config)
+from .lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    NON_LORA,
+    inject,
+    is_lora_key,
+    load_adapter_tensors,
+    merge,
+    read_adapter_config,
+)
 
 
 @dataclass
@@ -44,8 +52,10 @@ def resolution_overrides(cfg: dict[str, Any], size: int) -> dict[str, Any]:
     tower = str(cfg.get("mm_vision_tower", ""))
     if tower.startswith("umt") and size in (224, 448):
         return {"mm_vision_tower": "umt-hd-large" if size == 448 else "umt-large"}
-    raise ConfigError(f"model.resolution {size} is not available for mm_vision_tower {tower!r} "
-                      "(UMT: 224 or 448; set the tower in model.set instead)")
+    raise ConfigError(
+        f"model.resolution {size} is not available for mm_vision_tower {tower!r} "
+        "(UMT: 224 or 448; set the tower in model.set instead)"
+    )
 
 
 def build_with_weights(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
@@ -57,7 +67,9 @@ def build_with_weights(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
     return module
 
 
-def load_for_training(path: str | Path, overrides: dict[str, Any] | None = None, base: str | None = None) -> LoadedModel:
+def load_for_training(
+    path: str | Path, overrides: dict[str, Any] | None = None, base: str | None = None
+) -> LoadedModel:
     """A checkpoint folder (or hub id), or a LoRA adapter folder whose base is `base` or recorded inside."""
     folder = resolve(path)
     cfg = read_config(folder)
@@ -121,9 +133,15 @@ class TrainingModule(nn.Module):
             if p.requires_grad:
                 decay = p.ndim >= 2 and stage.optim.weight_decay > 0
                 groups.setdefault((module_of(name.removeprefix("model.")), decay), []).append(p)
-        return [{"params": params, "lr": stage.lr(module), "name": module,
-                 "weight_decay": stage.optim.weight_decay if decay else 0.0}
-                for (module, decay), params in sorted(groups.items())]
+        return [
+            {
+                "params": params,
+                "lr": stage.lr(module),
+                "name": module,
+                "weight_decay": stage.optim.weight_decay if decay else 0.0,
+            }
+            for (module, decay), params in sorted(groups.items())
+        ]
 
     def shard_units(self) -> list[nn.Module]:
         """Submodules FSDP2 shards on their own: the decoder layers. The towers and projector stay with
@@ -132,8 +150,12 @@ class TrainingModule(nn.Module):
 
     def layout(self) -> VisualLayout:
         tome = self.model.projector.tome
-        return VisualLayout(self.model.config.vision.image_size, self.model.config.frames_per_clip,
-                            tome.tokens_per_frame, tome.tokens_per_image)
+        return VisualLayout(
+            self.model.config.vision.image_size,
+            self.model.config.frames_per_clip,
+            tome.tokens_per_frame,
+            tome.tokens_per_image,
+        )
 
     # ---------------------------------------------------------------- forward
     def visual_tokens(self, clips, images, order) -> torch.Tensor:
@@ -176,8 +198,9 @@ class TrainingModule(nn.Module):
         loss = F.cross_entropy(llm.logits(hidden[:, :-1][keep]), targets[keep], reduction="sum")
         # Every trainable parameter takes part in every backward, even in a batch without videos or
         # images: DDP and FSDP2 expect the same gradients on every process.
-        visual = [p for p in chain(self.model.vision_tower.parameters(), self.model.projector.parameters())
-                  if p.requires_grad]
+        visual = [
+            p for p in chain(self.model.vision_tower.parameters(), self.model.projector.parameters()) if p.requires_grad
+        ]
         if visual:
             loss = loss + 0.0 * sum(p.sum() for p in visual)
         return loss
@@ -191,5 +214,11 @@ def trained_state(model: nn.Module, state: dict[str, torch.Tensor], lora: bool) 
     return {k: v for k, v in state.items() if is_lora_key(k) or (module_of(k) in trained and module_of(k) != "llm")}
 
 
-__all__ = ["LoadedModel", "TrainingModule", "load_for_training", "release_state", "resolution_overrides",
-           "trained_state"]
+__all__ = [
+    "LoadedModel",
+    "TrainingModule",
+    "load_for_training",
+    "release_state",
+    "resolution_overrides",
+    "trained_state",
+]

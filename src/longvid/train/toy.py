@@ -26,10 +26,29 @@ from ..errors import ConfigError
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230), "yellow": (235, 215, 40)}
 QUESTIONS = ["What color is the shape?", "Which color is the shape in the video?", "Describe the color of the shape."]
-DEFAULTS: dict[str, Any] = {"task": "color", "videos": 32, "images": 8, "frames": [8, 24], "size": 64, "fps": 4.0,
-                            "format": "npy", "seed": 0}
-NEEDLE_DEFAULTS: dict[str, Any] = {"task": "needle", "samples": 200, "frames": [4, 32], "size": 64, "distractors": 2,
-                                   "turns": 1, "open": 0.0, "text": 0.0, "hops": [1], "split": "train", "seed": 0}
+DEFAULTS: dict[str, Any] = {
+    "task": "color",
+    "videos": 32,
+    "images": 8,
+    "frames": [8, 24],
+    "size": 64,
+    "fps": 4.0,
+    "format": "npy",
+    "seed": 0,
+}
+NEEDLE_DEFAULTS: dict[str, Any] = {
+    "task": "needle",
+    "samples": 200,
+    "frames": [4, 32],
+    "size": 64,
+    "distractors": 2,
+    "turns": 1,
+    "open": 0.0,
+    "text": 0.0,
+    "hops": [1],
+    "split": "train",
+    "seed": 0,
+}
 
 
 def spec_of(synthetic: dict[str, Any]) -> dict[str, Any]:
@@ -90,9 +109,19 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
     if spec["task"] == "needle":
         from ..data.needles import write_training_set
 
-        write_training_set(folder, int(spec["samples"]), tuple(spec["frames"]), int(spec["seed"]), int(spec["size"]),
-                           tuple(spec["hops"]), spec["split"], int(spec["distractors"]), int(spec["turns"]),
-                           float(spec["open"]), float(spec["text"]))
+        write_training_set(
+            folder,
+            int(spec["samples"]),
+            tuple(spec["frames"]),
+            int(spec["seed"]),
+            int(spec["size"]),
+            tuple(spec["hops"]),
+            spec["split"],
+            int(spec["distractors"]),
+            int(spec["turns"]),
+            float(spec["open"]),
+            float(spec["text"]),
+        )
         return
     from PIL import Image
 
@@ -115,16 +144,25 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             write_video(folder / f"{record['id']}.mp4", frames, fps=fps, gop=12)
             record["video"] = f"{record['id']}.mp4"
         question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
-        record["conversations"] = [{"from": "human", "value": f"<image>\n{question}"},
-                                   {"from": "gpt", "value": f"The shape is {color}."}]
+        record["conversations"] = [
+            {"from": "human", "value": f"<image>\n{question}"},
+            {"from": "gpt", "value": f"The shape is {color}."},
+        ]
         lines.append(record)
     for i in range(int(spec["images"])):
         color = names[(i + 1) % len(names)]
         frame = color_frames(1, size, COLORS[color], rng)[0]
         name = f"image-{i:05d}.png"
         Image.fromarray(frame).save(folder / name)
-        lines.append({"id": name[:-4], "image": name, "conversations": [
-            {"from": "human", "value": "<image>\nWhat color is the shape in this picture?"},
-            {"from": "gpt", "value": f"The shape is {color}."}]})
+        lines.append(
+            {
+                "id": name[:-4],
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat color is the shape in this picture?"},
+                    {"from": "gpt", "value": f"The shape is {color}."},
+                ],
+            }
+        )
     order = rng.permutation(len(lines))
     (folder / "records.jsonl").write_text("".join(json.dumps(lines[j]) + "\n" for j in order))

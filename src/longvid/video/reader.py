@@ -27,9 +27,9 @@ import weakref
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Video(ABC):
     def read(self, indices: Sequence[int]) -> np.ndarray:
         return np.stack(list(self.frames(indices)))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing to release
         pass
 
     def __enter__(self):
@@ -114,8 +114,9 @@ class ArrayVideo(Video):
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4 or array.shape[-1] not in (1, 3) or 0 in array.shape:
-            raise InputError(f"{source}: expected a uint8 array [T, H, W, 3] (RGB, or 1 channel), "
-                             f"got shape {tuple(array.shape)}")
+            raise InputError(
+                f"{source}: expected a uint8 array [T, H, W, 3] (RGB, or 1 channel), got shape {tuple(array.shape)}"
+            )
         if array.dtype.kind not in "uif":  # complex, bool, strings, objects: no pixel meaning
             raise InputError(f"{source}: expected uint8 (or integer / float) pixels, got dtype {array.dtype}")
         if array.dtype != np.uint8:
@@ -159,8 +160,9 @@ class PyAVVideo(Video):
                 fps = 25.0
                 self.warnings.append(f"{path}: unknown frame rate, assuming 25 fps")
             ctx = self._stream.codec_context
-            self.info = VideoInfo(len(self._pts), fps, ctx.width, ctx.height, ctx.name,
-                                  _container_name(self._container.format.name, path))
+            self.info = VideoInfo(
+                len(self._pts), fps, ctx.width, ctx.height, ctx.name, _container_name(self._container.format.name, path)
+            )
         except BaseException:
             self._container.close()
             raise
@@ -219,8 +221,10 @@ class PyAVVideo(Video):
     def _check_tail(self, declared: int) -> None:
         """If the file looks cut short, keep only the frames that really decode, and say so."""
         if declared > max(os.path.getsize(self.source), 1) and declared > 1000 * len(self._pts):
-            raise InputError(f"{self.source}: the header declares {declared} frames but the file holds "
-                             f"{len(self._pts)}; the file is corrupt")
+            raise InputError(
+                f"{self.source}: the header declares {declared} frames but the file holds "
+                f"{len(self._pts)}; the file is corrupt"
+            )
         if not self.damaged and declared <= len(self._pts) * 1.02 + 2:
             return
         usable = 0
@@ -299,8 +303,9 @@ class PyAVVideo(Video):
                     decoder.reset()
                     put(out, e)
 
-        threads = [threading.Thread(target=work, args=(d,), daemon=True, name="longvid-decode")
-                   for d in self._pool[:workers]]
+        threads = [
+            threading.Thread(target=work, args=(d,), daemon=True, name="longvid-decode") for d in self._pool[:workers]
+        ]
         for thread in threads:
             thread.start()
         todo = iter(runs)
@@ -387,8 +392,13 @@ class _Decoder:
     def _decode_towards(self, target: int, skip_nonref: bool):
         """The first decoded frame at or after `target`, reusing the running decoder when that is shorter."""
         key = self.video.key_before(target)
-        if (self._packets is None or self._last_pts is None or self._last_pts >= target or self._last_pts < key
-                or self._skipping != skip_nonref):
+        if (
+            self._packets is None
+            or self._last_pts is None
+            or self._last_pts >= target
+            or self._last_pts < key
+            or self._skipping != skip_nonref
+        ):
             self._packets = self.decode_from(key, skip_nonref)
             self._skipping = skip_nonref
         for candidate in self._packets:

@@ -42,7 +42,7 @@ class SamplingPlan:
         return asdict(self)
 
     @classmethod
-    def image(cls) -> "SamplingPlan":
+    def image(cls) -> SamplingPlan:
         """The plan of a single still image (models use their image path, without a time message)."""
         return cls([0], 1.0, 0.0, 1, "image")
 
@@ -50,13 +50,19 @@ class SamplingPlan:
     def is_image(self) -> bool:
         return self.name == "image"
 
-    def padded_to_multiple(self, k: int) -> "SamplingPlan":
+    def padded_to_multiple(self, k: int) -> SamplingPlan:
         """Repeat the last frame until the count is a multiple of `k` (clips of k frames)."""
         missing = (-len(self.indices)) % k
         if not missing:
             return self
-        return SamplingPlan(self.indices + [self.indices[-1]] * missing, self.fps, self.duration, self.source_frames,
-                            self.name, self.first_index)
+        return SamplingPlan(
+            self.indices + [self.indices[-1]] * missing,
+            self.fps,
+            self.duration,
+            self.source_frames,
+            self.name,
+            self.first_index,
+        )
 
 
 def _check(num_frames: int, fps: float) -> None:
@@ -78,8 +84,9 @@ def segment_middles(num_frames: int, n: int) -> list[int]:
     return idx + [idx[-1]] * (n - k)
 
 
-def videochat_flash_plan(num_frames: int, fps: float, max_frames: int = 512, min_frames: int = 64,
-                         multiple: int = 8, first_index: int = 0) -> SamplingPlan:
+def videochat_flash_plan(
+    num_frames: int, fps: float, max_frames: int = 512, min_frames: int = 64, multiple: int = 8, first_index: int = 0
+) -> SamplingPlan:
     _check(num_frames, fps)
     if min_frames > num_frames:
         min_frames = (num_frames // multiple) * multiple
@@ -89,16 +96,18 @@ def videochat_flash_plan(num_frames: int, fps: float, max_frames: int = 512, min
     if max_frames > 0:
         n = min(n, max_frames)
     n = max(min_frames, n)
-    return SamplingPlan(_offset(segment_middles(num_frames, n), first_index), fps, duration, num_frames,
-                        "videochat_flash", first_index)
+    return SamplingPlan(
+        _offset(segment_middles(num_frames, n), first_index), fps, duration, num_frames, "videochat_flash", first_index
+    )
 
 
 def uniform_plan(num_frames: int, fps: float, n: int, first_index: int = 0) -> SamplingPlan:
     _check(num_frames, fps)
     if n < 1:
         raise InputError("the number of frames to sample must be at least 1")
-    return SamplingPlan(_offset(segment_middles(num_frames, n), first_index), fps, num_frames / fps, num_frames,
-                        "uniform", first_index)
+    return SamplingPlan(
+        _offset(segment_middles(num_frames, n), first_index), fps, num_frames / fps, num_frames, "uniform", first_index
+    )
 
 
 def fps_plan(num_frames: int, fps: float, target_fps: float, max_frames: int = 0, first_index: int = 0) -> SamplingPlan:

@@ -34,5 +34,14 @@ def build_vision_tower(vcfg):
     raise ConfigError(f"no vision tower for {type(vcfg).__name__}")
 
 
-__all__ = ["ClipProcessor", "SquashProcessor", "UMTConfig", "UMTVisionTower", "InternVideo2Config",
-           "InternVideo2VisionTower", "tower_kind", "vision_config", "build_vision_tower"]
+__all__ = [
+    "ClipProcessor",
+    "SquashProcessor",
+    "UMTConfig",
+    "UMTVisionTower",
+    "InternVideo2Config",
+    "InternVideo2VisionTower",
+    "tower_kind",
+    "vision_config",
+    "build_vision_tower",
+]

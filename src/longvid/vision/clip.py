@@ -16,8 +16,17 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from ..errors import CheckpointError, ConfigError
 
 # openai/clip-vit-large-patch14-336, the tower named by the release's `mm_vision_tower`
-CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                    image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+CLIP_L14_336 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
 
 
 def clip_config(cfg: dict[str, Any]) -> CLIPVisionConfig:

@@ -44,10 +44,12 @@ class InternVideo2Config:
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
-    def from_release(cls, cfg: dict[str, Any]) -> "InternVideo2Config":
+    def from_release(cls, cfg: dict[str, Any]) -> InternVideo2Config:
         sizes = cfg.get("parity_vision_tower") or {}
         dim = int(sizes.get("embed_dim", 1408))
-        mlp = sizes.get("mlp_hidden") or (int(dim * float(sizes["mlp_ratio"])) if "mlp_ratio" in sizes else int(dim * 48 / 11))
+        mlp = sizes.get("mlp_hidden") or (
+            int(dim * float(sizes["mlp_ratio"])) if "mlp_ratio" in sizes else int(dim * 48 / 11)
+        )
         return cls(
             image_size=int(sizes.get("image_size", 224)),
             patch_size=int(sizes.get("patch_size", 14)),

@@ -51,7 +51,7 @@ class UMTConfig:
         return self.image_size // self.patch_size
 
     @classmethod
-    def from_release(cls, cfg: dict[str, Any]) -> "UMTConfig":
+    def from_release(cls, cfg: dict[str, Any]) -> UMTConfig:
         """Tower sizes implied by `mm_vision_tower` (or given by the fixtures' `parity_vision_tower`)."""
         name = str(cfg.get("mm_vision_tower", ""))
         sizes = cfg.get("parity_vision_tower") or {}

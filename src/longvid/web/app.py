@@ -52,8 +52,12 @@ PAGE = Path(__file__).with_name("page.html")
 # the `--set` keys of each family's compression, as the page offers them (ToMe's 16 tokens per frame are
 # fixed by the released `tome16_mlp_hd64` projector: shown, not settable)
 COMPRESSION_KEYS = {
-    "videochat_flash": ("mm_llm_compress", "llm_compress_type", "llm_compress_layer_list",
-                        "llm_image_token_ratio_list"),
+    "videochat_flash": (
+        "mm_llm_compress",
+        "llm_compress_type",
+        "llm_compress_layer_list",
+        "llm_image_token_ratio_list",
+    ),
     "video_xl": ("enable_beacon", "beacon_ratio"),
 }
 MAX_VARIANTS = 1  # models with other compression settings kept loaded beside the base model (each is a copy)
@@ -142,8 +146,9 @@ class WebState:
         changed = {}
         for key, value in (settings or {}).items():
             if key not in allowed:
-                raise ConfigError(f"{key}: not a compression setting of {self.base.family} "
-                                  f"(known: {', '.join(allowed) or 'none'})")
+                raise ConfigError(
+                    f"{key}: not a compression setting of {self.base.family} (known: {', '.join(allowed) or 'none'})"
+                )
             if value != self.base.config.raw.get(key):
                 changed[key] = value
         if not changed:
@@ -151,8 +156,9 @@ class WebState:
         key = json.dumps(changed, sort_keys=True)
         with self.model_lock:
             if key not in self.variants:
-                self.variants[key] = load(self.settings.model, self.settings.device, self.settings.dtype,
-                                          {**self.settings.sets, **changed})
+                self.variants[key] = load(
+                    self.settings.model, self.settings.device, self.settings.dtype, {**self.settings.sets, **changed}
+                )
                 while len(self.variants) > MAX_VARIANTS:
                     self.variants.popitem(last=False)
             self.variants.move_to_end(key)
@@ -254,14 +260,25 @@ class WebState:
                 emit({"type": "token", "text": delta})
 
         with self.model_lock:
-            answer = session.ask(question, gen=GenerationOptions(max_new_tokens=self.settings.max_new_tokens),
-                                 on_token=on_token)
+            answer = session.ask(
+                question, gen=GenerationOptions(max_new_tokens=self.settings.max_new_tokens), on_token=on_token
+            )
         if tail := text.flush():
             emit({"type": "token", "text": tail})
-        emit({"type": "done", "text": answer.text, "finish_reason": answer.finish_reason,
-              "timings": _jsonable(answer.timings), "budget": _jsonable(budget.to_dict()),
-              "prompt_tokens": answer.prompt_tokens, "completion_tokens": len(answer.token_ids),
-              "visual_tokens": answer.num_visual_tokens, "frames": answer.num_frames, "turn": session.stats.turns})
+        emit(
+            {
+                "type": "done",
+                "text": answer.text,
+                "finish_reason": answer.finish_reason,
+                "timings": _jsonable(answer.timings),
+                "budget": _jsonable(budget.to_dict()),
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": len(answer.token_ids),
+                "visual_tokens": answer.num_visual_tokens,
+                "frames": answer.num_frames,
+                "turn": session.stats.turns,
+            }
+        )
 
     def close(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
@@ -363,10 +380,18 @@ def create_app(settings: WebSettings) -> FastAPI:
     def config() -> dict[str, Any]:
         m = state.base
         name = Path(m.name).name if Path(m.name).is_dir() else m.name  # a folder: its name, not our disk's layout
-        return {"model": name, "family": m.family, "compression": state.compression(),
-                "compressors": [c.describe() for c in m.compressors], "files": files(),
-                "limits": {"max_upload_bytes": settings.media.max_bytes, "max_pixels": MAX_VIDEO_PIXELS,
-                           "frame_limit": settings.frame_limit}}
+        return {
+            "model": name,
+            "family": m.family,
+            "compression": state.compression(),
+            "compressors": [c.describe() for c in m.compressors],
+            "files": files(),
+            "limits": {
+                "max_upload_bytes": settings.media.max_bytes,
+                "max_pixels": MAX_VIDEO_PIXELS,
+                "frame_limit": settings.frame_limit,
+            },
+        }
 
     @app.post("/api/upload")
     async def upload(request: Request, tab: str, name: str = "upload.mp4") -> dict[str, Any]:
@@ -405,8 +430,9 @@ def create_app(settings: WebSettings) -> FastAPI:
     async def plan(request: Request) -> dict[str, Any]:
         data = await body(request)
         tab = state.tab(str(data.get("tab", "")))
-        return await _threaded(state.report, tab.media, data.get("sampling") or {}, data.get("settings") or {},
-                               tab.name)
+        return await _threaded(
+            state.report, tab.media, data.get("sampling") or {}, data.get("settings") or {}, tab.name
+        )
 
     @app.post("/api/encode")
     async def encode(request: Request):

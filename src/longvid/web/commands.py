@@ -36,7 +36,9 @@ def web(
     settings = WebSettings(model or default_model(), parse_pairs(sets, "--set"), dtype, device, policy, frame_limit)
     app = create_app(settings)  # loads the model now: a bad --model fails here, in one line
     if host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"warning: listening on {host}: anyone who can reach it can use the model and upload videos",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {host}: anyone who can reach it can use the model and upload videos",
+            file=sys.stderr,
+        )
     print(f"longvid web: http://{host}:{port}/ (pid {os.getpid()})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
