@@ -10,21 +10,7 @@ from safetensors.torch import load_file
 from longvid.compress.tome import replay, tome_merge
 from longvid.data.needles import COLOURS, SHAPES, attribute_clip, haystack, pretraining_colour
 from longvid.train import train
-
-TINY_INIT = {
-    "vocab_size": 512,
-    "hidden": 32,
-    "layers": 2,
-    "heads": 4,
-    "kv_heads": 2,
-    "intermediate": 64,
-    "image_size": 64,
-    "patch": 8,
-    "vision_dim": 32,
-    "vision_depth": 2,
-    "vision_heads": 4,
-    "seed": 0,
-}
+from test_train import TINY_INIT
 
 
 def test_pretraining_colours_stay_away_from_every_named_colour():

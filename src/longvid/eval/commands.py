@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,23 +12,7 @@ import typer
 
 from ..errors import ConfigError, InputError
 from ..flags import CacheDirOpt, DtypeOpt, ModelOpt, SetOpt
-
-
-def launch(nproc: int, args: list[str]) -> int:
-    """`longvid eval ...` under torch.distributed.run with `nproc` processes (as `longvid train --nproc`)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "longvid",
-        "eval",
-        *args,
-    ]
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
+from ..launch import torchrun
 
 
 def eval_command(
@@ -97,7 +80,7 @@ def eval_command(
             device,
             *[arg for pair in sets or [] for arg in ("--set", pair)],
         ]
-        code = launch(nproc, args)
+        code = torchrun("eval", nproc, args)
         if code != 0:
             raise typer.Exit(code)
         return None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..flags import parse_pairs
+from ..launch import torchrun
 
 
 def train(
@@ -54,25 +53,8 @@ def train(
             *(["--max-steps", str(max_steps)] if max_steps is not None else []),
             *[arg for pair in sets or [] for arg in ("--set", pair)],
         ]
-        raise typer.Exit(launch(nproc, args))
+        raise typer.Exit(torchrun("train", nproc, args))
     run_training(config, output=output, max_steps=max_steps, resume=resume, sets=overrides)
-
-
-def launch(nproc: int, train_args: list[str]) -> int:
-    """Run `longvid train ...` under torch.distributed.run with `nproc` processes on this machine."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "longvid",
-        "train",
-        *train_args,
-    ]
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
 
 
 def merge_lora(
