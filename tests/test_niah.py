@@ -9,14 +9,20 @@ import pytest
 
 from longvid.cli import main
 from longvid.data.needles import (
+    BORDER,
+    CARD,
     COLOURS,
     SHAPES,
     Needle,
     combos,
     haystack,
+    lookup_question,
+    neutral_sample,
+    pretraining_colour,
     multi_hop_chain,
     needle_card,
     single_hop_question,
+    text_sample,
     training_sample,
 )
 from longvid.niah import NiahSettings, multi_hop_positions, run_niah, single_hop_position
@@ -60,6 +66,66 @@ def test_multi_hop_chain_points_to_the_next_card():
         f"Find the frame of a{'n' if chain.cards[0].shape[0] in 'aeiou' else ''} "
         f"{chain.cards[0].shape}. Locate the final frame"
     )
+
+
+def _options_of(question: str) -> list[str]:
+    return [line.split(") ", 1)[1] for line in question.split("Options: ")[1].split("\nOnly")[0].split("\n")]
+
+
+def test_training_options_carry_no_pair_prior():
+    """Training questions offer only values that occur with the located attribute in training, so "the star
+    is never cyan" is worth nothing to learn; evaluation questions draw from every value."""
+    train = set(combos("train"))
+    rng = np.random.default_rng(0)
+    seen_eval = set()
+    for _ in range(200):
+        shape, colour = combos("train")[int(rng.integers(0, len(train)))]
+        q = single_hop_question(Needle(shape, colour), rng, "train")
+        options = _options_of(q.question)
+        located = [(shape, o) for o in options] if q.kind == "color" else [(o, colour) for o in options]
+        assert set(located) <= train and options[ord(q.answer) - 65] == (colour if q.kind == "color" else shape)
+        e = single_hop_question(Needle(shape, colour), rng)  # the official, unrestricted options
+        seen_eval |= {(shape, o) for o in _options_of(e.question)} if e.kind == "color" else set()
+    assert seen_eval - train  # evaluation does offer pairs training never shows
+    chain = multi_hop_chain(3, rng, "train")
+    assert all(
+        tuple(reversed(o.split(" ", 1)[1].split(" "))) in train for o in _options_of(chain.questions[0].question)
+    )
+    # the lookup question (training only) gives the answer and asks its letter
+    q = lookup_question(Needle("star", "red"), np.random.default_rng(3), "train")
+    value = q.question.split("The answer is ")[1].split(".")[0]
+    assert value in ("star", "red") and _options_of(q.question)[ord(q.answer) - 65] == value
+    # text samples describe training pairs only
+    for _ in range(100):
+        context, _ = text_sample(rng, "train", others=2)
+        described = [c.split(" ", 1)[1].split(" ") for c in context[len("The video shows ") : -1].split(", then ")]
+        assert all((s, c) in train for c, s in described)
+
+
+def test_neutral_cards_show_one_attribute_alone():
+    """Words are asked only about cards that show one attribute alone: a shape in an unnamed colour, or a
+    blob (none of the eight shapes) in a named colour, and the question names neither."""
+    rng = np.random.default_rng(4)
+    named = np.array(list(COLOURS.values()))
+    kinds = set()
+    for _ in range(40):
+        card, q = neutral_sample(rng, 64)
+        kinds.add(q.kind)
+        assert "Find the frame of a card." in q.question and not any(w in q.question for w in (*COLOURS, *SHAPES))
+        paint = card[~(card == CARD).all(-1) & ~(card == BORDER).all(-1)]
+        if q.kind == "shape-word":  # an unnamed colour, far from all eight
+            assert q.answer.split()[-1].rstrip(".") in SHAPES
+            assert np.linalg.norm(named - paint[0].astype(int), axis=1).min() > 40
+        else:  # a named colour on a blob
+            assert q.answer == f"It is {[c for c in COLOURS if tuple(paint[0]) == COLOURS[c]][0]}."
+    assert kinds == {"shape-word", "color-word"}
+    assert np.linalg.norm(named - np.array(pretraining_colour(rng)), axis=1).min() > 48
+    # jitter moves the named colour a little, never to another name
+    card = needle_card(Needle("square", "orange"), 64, seed=1, jitter=24)
+    painted = card[32, 32].astype(int)
+    assert 0 < np.abs(painted - np.array(COLOURS["orange"])).max() <= 24
+    video, questions = training_sample(12, np.random.default_rng(0), 32, neutral=1.0)
+    assert len(questions) == 1 and questions[0].question.startswith("Find the frame of a card.")
 
 
 def test_letter_match():

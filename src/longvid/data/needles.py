@@ -69,6 +69,16 @@ def shape_mask(shape: str, size: int, scale: float = 1.0) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def blob_mask(size: int, rng: np.random.Generator) -> np.ndarray:
+    """An irregular blob (three overlapping ellipses) that is none of the eight shapes."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    mask = np.zeros((size, size), bool)
+    for _ in range(3):
+        cx, cy, rx, ry = *rng.uniform(0.35, 0.65, 2), *rng.uniform(0.12, 0.3, 2)
+        mask |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    return mask
+
+
 @dataclass(frozen=True)
 class Needle:
     shape: str
@@ -84,10 +94,17 @@ def article(noun_phrase: str) -> str:
     return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
 
 
-def needle_card(needle: Needle, size: int = 64, seed: int = 0, rgb: tuple[int, int, int] | None = None) -> np.ndarray:
+def needle_card(
+    needle: Needle, size: int = 64, seed: int = 0, rgb: tuple[int, int, int] | None = None, jitter: float = 0.0
+) -> np.ndarray:
     """The needle image: a bordered light card, a big coloured shape, an optional instruction icon.
-    `rgb` paints the shape in another colour than its named one (vision pre-training)."""
+    `rgb` paints the shape in another colour than its named one (vision pre-training); `jitter` (training
+    only) shifts each channel of the named colour by up to that much and the shape's size by up to 12%, so
+    that no card looks exactly like another and memorising the training pairs is no shortcut."""
     rng = np.random.default_rng(seed)
+    if jitter and rgb is None:
+        shifted = np.array(COLOURS[needle.colour]) + rng.uniform(-jitter, jitter, 3)
+        rgb = tuple(int(v) for v in np.clip(shifted, 0, 255))
     frame = np.empty((size, size, 3), np.uint8)
     frame[:] = CARD
     b = max(2, size // 20)
@@ -97,7 +114,10 @@ def needle_card(needle: Needle, size: int = 64, seed: int = 0, rgb: tuple[int, i
         (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)),
         (size - inner) // 2 + int(rng.integers(-size // 16, size // 16 + 1)),
     )
-    mask = shape_mask(needle.shape, inner)
+    if needle.shape == "blob":
+        mask = blob_mask(inner, rng)
+    else:
+        mask = shape_mask(needle.shape, inner, float(rng.uniform(0.88, 1.12)) if jitter else 1.0)
     frame[off[0] : off[0] + inner, off[1] : off[1] + inner][mask] = rgb if rgb is not None else COLOURS[needle.colour]
     if needle.pointer is not None:
         icon = int(size * 0.28)
@@ -191,16 +211,29 @@ class NeedleQuestion:
     kind: str
 
 
-def single_hop_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
-    """Locate by one attribute, ask the other (official wording)."""
+def _partners(attribute: str, value: str, split: str) -> list[str]:
+    """The values of the other attribute that occur with `value` in `split` (all of them for "all"/"test")."""
+    if split != "train":
+        return list(COLOURS) if attribute == "shape" else list(SHAPES)
+    if attribute == "shape":
+        return [c for s, c in combos("train") if s == value]
+    return [s for s, c in combos("train") if c == value]
+
+
+def single_hop_question(needle: Needle, rng: np.random.Generator, split: str = "all") -> NeedleQuestion:
+    """Locate by one attribute, ask the other (official wording).
+
+    With `split="train"` the wrong options are drawn only from values that do occur with the located
+    attribute in training: otherwise "the star is never cyan in training" would be a cue worth learning,
+    one that answers every held-out needle wrongly."""
     if rng.random() < 0.5:
-        options, letter = _options(needle.colour, list(COLOURS), rng)
+        options, letter = _options(needle.colour, _partners("shape", needle.shape, split), rng)
         return NeedleQuestion(
             _format(f"Find the frame of {article(needle.shape)}. What is the color of the {needle.shape}?", options),
             letter,
             "color",
         )
-    options, letter = _options(needle.shape, list(SHAPES), rng)
+    options, letter = _options(needle.shape, _partners("colour", needle.colour, split), rng)
     return NeedleQuestion(
         _format(
             f"Find the frame of {article(needle.colour)} card. What shape is on the {needle.colour} card?", options
@@ -226,6 +259,33 @@ def open_question(needle: Needle, rng: np.random.Generator) -> NeedleQuestion:
     )
 
 
+def lookup_question(needle: Needle, rng: np.random.Generator, split: str = "all") -> NeedleQuestion:
+    """Training only: the answer given, only its letter asked. Matching a word to its option is the last step
+    of every letter question; learned alone it forms in a few hundred steps instead of after a long plateau."""
+    attribute = "colour" if rng.random() < 0.5 else "shape"
+    value, other = (needle.colour, needle.shape) if attribute == "colour" else (needle.shape, needle.colour)
+    options, letter = _options(value, _partners("shape" if attribute == "colour" else "colour", other, split), rng)
+    return NeedleQuestion(_format(f"The answer is {value}.", options), letter, "lookup")
+
+
+def neutral_sample(rng: np.random.Generator, size: int = 64, jitter: float = 0.0) -> tuple[np.ndarray, NeedleQuestion]:
+    """Training only: a card that shows one attribute alone, asked in words without naming the other one: one of
+    the eight shapes in an unnamed colour (`pretraining_colour`), or a shapeless blob in a named colour.
+
+    Words asked about named pairs ("What shape is on the red card?" -> "It is a star.") teach that a red card
+    never holds the shapes red is held out with, and that answers every held-out needle wrongly; on these
+    cards each attribute is read with nothing else to lean on."""
+    if rng.random() < 0.5:
+        shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+        card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=pretraining_colour(rng))
+        return card, NeedleQuestion(
+            "Find the frame of a card. What shape is on the card?", f"It is {article(shape)}.", "shape-word"
+        )
+    colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
+    card = needle_card(Needle("blob", colour), size, int(rng.integers(0, 2**31)), jitter=jitter)
+    return card, NeedleQuestion("Find the frame of a card. What is the color of the shape?", f"It is {colour}.", "color-word")
+
+
 @dataclass
 class Chain:
     """A multi-hop chain: `cards[0]` is the entry, each card's pointer names the next one's shape."""
@@ -248,9 +308,10 @@ def multi_hop_chain(hops: int, rng: np.random.Generator, split: str = "train") -
         f"Find the frame of {article(cards[0].shape)}. Locate the final frame based on the instructions in the "
         "image, and"
     )
-    captions = [article(f"{c} {s}") for s, c in combos("all")]
+    # training draws wrong options only from what training shows (see `single_hop_question`)
+    captions = [article(f"{c} {s}") for s, c in combos("train" if split == "train" else "all")]
     o1, a1 = _options(final.caption, captions, rng)
-    o2, a2 = _options(final.colour, list(COLOURS), rng)
+    o2, a2 = _options(final.colour, _partners("shape", final.shape, split), rng)
     return Chain(
         cards,
         [
@@ -365,6 +426,8 @@ def training_sample(
     distractors: int = 0,
     turns: int = 1,
     open_ratio: float = 0.0,
+    jitter: float = 0.0,
+    neutral: float = 0.0,
 ) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
@@ -373,6 +436,9 @@ def training_sample(
     `open_ratio` of them answered in one word instead of a letter."""
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
+    if hops <= 1 and rng.random() < neutral:
+        card, question = neutral_sample(rng, size, jitter)
+        return np.stack(insert(hay, [[card] * repeat], [int(rng.integers(0, num_frames + 1))])), [question]
     if hops <= 1:
         cards = [random_needle(rng, split)]
     else:
@@ -392,30 +458,41 @@ def training_sample(
         questions = []
         for _ in range(int(rng.integers(1, turns + 1))):
             card = cards[int(rng.integers(0, len(cards)))]
-            ask = open_question if rng.random() < open_ratio else single_hop_question
-            questions.append(ask(card, rng))
-    card_frames = [[needle_card(c, size, int(rng.integers(0, 2**31)))] * repeat for c in cards]
+            if rng.random() < open_ratio:
+                questions.append(open_question(card, rng))
+            else:
+                questions.append(single_hop_question(card, rng, split))
+    card_frames = [[needle_card(c, size, int(rng.integers(0, 2**31)), jitter=jitter)] * repeat for c in cards]
     positions = [int(p) for p in rng.integers(0, num_frames + 1, len(cards))]
     return np.stack(insert(hay, card_frames, positions)), questions
 
 
 def text_sample(
-    rng: np.random.Generator, split: str = "train", turns: int = 1, open_ratio: float = 0.0, others: int = 2
+    rng: np.random.Generator,
+    split: str = "train",
+    turns: int = 1,
+    open_ratio: float = 0.0,
+    others: int = 2,
+    lookup: float = 0.0,
 ) -> tuple[str, list[NeedleQuestion]]:
     """The cards described in words instead of shown (a cheap warm-up for answering by letter), with up to
-    `others` more cards."""
+    `others` more cards; a fraction `lookup` of the questions give the answer and ask only its letter."""
     cards = [random_needle(rng, split)]
     for _ in range(int(rng.integers(0, others + 1))):
         shape, colour = random_needle(rng, split).shape, random_needle(rng, split).colour
-        if all(shape != c.shape and colour != c.colour for c in cards):
+        if (shape, colour) in combos(split) and all(shape != c.shape and colour != c.colour for c in cards):
             cards.append(Needle(shape, colour))
     order = rng.permutation(len(cards))
     context = "The video shows " + ", then ".join(cards[i].caption for i in order) + "."
     questions = []
     for _ in range(int(rng.integers(1, turns + 1))):
         card = cards[int(rng.integers(0, len(cards)))]
-        ask = open_question if rng.random() < open_ratio else single_hop_question
-        questions.append(ask(card, rng))
+        if rng.random() < lookup:
+            questions.append(lookup_question(card, rng, split))
+        elif rng.random() < open_ratio:
+            questions.append(open_question(card, rng))
+        else:
+            questions.append(single_hop_question(card, rng, split))
     return context, questions
 
 
@@ -431,6 +508,9 @@ def write_training_set(
     turns: int = 1,
     open_ratio: float = 0.0,
     text: float = 0.0,
+    lookup: float = 0.0,
+    jitter: float = 0.0,
+    neutral: float = 0.0,
 ) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
@@ -441,12 +521,14 @@ def write_training_set(
     lines = []
     for i in range(samples):
         if rng.random() < text:
-            context, questions = text_sample(rng, split, turns, open_ratio, distractors)
+            context, questions = text_sample(rng, split, turns, open_ratio, distractors, lookup)
             first, media = f"{context} ", {}
         else:
             n = int(rng.integers(frames[0], frames[1] + 1))
             k = hops[int(rng.integers(0, len(hops)))]
-            video, questions = training_sample(n, rng, size, k, split, distractors, turns, open_ratio)
+            video, questions = training_sample(
+                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral
+            )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)
             first, media = "<image>\n", {"video": name, "fps": 1.0}

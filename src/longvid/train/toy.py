@@ -45,6 +45,9 @@ NEEDLE_DEFAULTS: dict[str, Any] = {
     "turns": 1,
     "open": 0.0,
     "text": 0.0,
+    "lookup": 0.0,
+    "jitter": 0.0,
+    "neutral": 0.0,
     "hops": [1],
     "split": "train",
     "seed": 0,
@@ -121,6 +124,9 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             int(spec["turns"]),
             float(spec["open"]),
             float(spec["text"]),
+            float(spec["lookup"]),
+            float(spec["jitter"]),
+            float(spec["neutral"]),
         )
         return
     from PIL import Image
