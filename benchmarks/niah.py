@@ -86,6 +86,13 @@ def table(results: dict) -> str:
             f"frames, {m['trials']} chains): {m['both_correct']:.0%} of chains fully right, "
             f"{m['accuracy']:.0%} of questions."
         )
+    if "beyond" in results["parts"]:
+        b = results["parts"]["beyond"]["summary"]
+        lines.append(
+            "Beyond the training length (pixel level, trained on <= 512 frames): "
+            + ", ".join(f"{v['accuracy']:.0%} at {f} frames" for f, v in b["by_frames"].items())
+            + f" ({results['settings']['beyond_trials']} needles per depth)."
+        )
     s = results["settings"]
     lines.append("")
     lines.append(
@@ -98,14 +105,16 @@ def table(results: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled tiny model)")
-    ap.add_argument("--frames", default="250,500,1000,2000,3000,4000")
+    ap.add_argument("--frames", default="250,500,1000,2000")
+    ap.add_argument("--beyond-frames", default="3000,4000", help="part `beyond`: past the training length")
+    ap.add_argument("--beyond-trials", type=int, default=2, help="needles per cell in part `beyond`")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--hops", type=int, default=3)
     ap.add_argument("--multihop-frames", type=int, default=1000)
     ap.add_argument("--chains", type=int, default=20)
-    ap.add_argument("--parts", default="pixel,embedding,multihop")
+    ap.add_argument("--parts", default="pixel,embedding,multihop,beyond")
     ap.add_argument("--quick", action="store_true", help="250 and 500 frames, depths 0 and 1")
     ap.add_argument("--out", type=Path, default=RESULTS / "niah")
     ap.add_argument("--readme", action="store_true", help="rewrite the README table from the results file")
@@ -130,6 +139,9 @@ def main() -> int:
     for part in args.parts.split(","):
         if part in ("pixel", "embedding"):
             settings = NiahSettings(frames=frames, depths=depths, level=part, trials=args.trials, seed=args.seed)
+        elif part == "beyond":  # pixel level, longer than any training video (<= 512 frames)
+            beyond = [int(x) for x in args.beyond_frames.split(",")]
+            settings = NiahSettings(frames=beyond, depths=depths, trials=args.beyond_trials, seed=args.seed)
         else:
             settings = NiahSettings(frames=[args.multihop_frames], hops=args.hops, trials=args.chains, seed=args.seed)
         parts[part] = run_part(model, part, settings, out)
@@ -143,6 +155,8 @@ def main() -> int:
             "frames": frames,
             "hops": args.hops,
             "multihop_frames": args.multihop_frames,
+            "beyond_frames": args.beyond_frames,
+            "beyond_trials": args.beyond_trials,
             "model": args.model or "bundled",
         },
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
