@@ -283,7 +283,9 @@ def neutral_sample(rng: np.random.Generator, size: int = 64, jitter: float = 0.0
         )
     colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
     card = needle_card(Needle("blob", colour), size, int(rng.integers(0, 2**31)), jitter=jitter)
-    return card, NeedleQuestion("Find the frame of a card. What is the color of the shape?", f"It is {colour}.", "color-word")
+    return card, NeedleQuestion(
+        "Find the frame of a card. What is the color of the shape?", f"It is {colour}.", "color-word"
+    )
 
 
 @dataclass
@@ -526,9 +528,7 @@ def write_training_set(
         else:
             n = int(rng.integers(frames[0], frames[1] + 1))
             k = hops[int(rng.integers(0, len(hops)))]
-            video, questions = training_sample(
-                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral
-            )
+            video, questions = training_sample(n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral)
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)
             first, media = "<image>\n", {"video": name, "fps": 1.0}
