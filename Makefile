@@ -40,7 +40,7 @@ browser-setup:
 	    echo "browser-setup: apt-get install chromium failed; browser tests will skip"; fi; }
 
 # ruff settings live in pyproject.toml ([tool.ruff]); `make fmt` rewrites files, `make lint` only checks
-LINT_PATHS := src tests benchmarks
+LINT_PATHS := src tests tests_lmms benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -57,12 +57,13 @@ LMMS_VENV  := .venv-lmms
 LMMS_PY    := $(LMMS_VENV)/bin/python
 LMMS_STAMP := $(LMMS_VENV)/.installed
 LMMS_EVAL  := lmms-eval==0.7.3
+LMMS_PYTHON ?= python3.11
 
 $(LMMS_STAMP): pyproject.toml
-	python3.11 -m venv $(LMMS_VENV)
+	$(LMMS_PYTHON) -m venv $(LMMS_VENV)
 	$(LMMS_PY) -m pip install --quiet torch==2.13.0
-	$(LMMS_PY) -m pip install --quiet "$(LMMS_EVAL)" torch==2.13.0
-	$(LMMS_PY) -m pip install --quiet -e ".[eval]" "pytest>=8" torch==2.13.0
+	$(LMMS_PY) -m pip install --quiet "$(LMMS_EVAL)" "filelock<4" torch==2.13.0
+	$(LMMS_PY) -m pip install --quiet -e ".[eval]" "pytest>=8" "filelock<4" torch==2.13.0
 	$(LMMS_PY) -m pip uninstall --quiet -y torchvision timm
 	$(MAKE) --no-print-directory check-no-torchvision PY=$(LMMS_PY)
 	touch $(LMMS_STAMP)
