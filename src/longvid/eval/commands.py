@@ -107,7 +107,7 @@ def eval_command(
     m = load_model(model, sets, dtype, device)
     if style is None and b.style != benchmark(bench, m.family).style:  # the family's own prompts
         b = benchmark(bench, m.family)
-        questions = b.load(data)[:limit] if limit is not None else b.load(data)
+        questions = b.load(data)[:limit]
     frames = max_frames or default_frames(m.family, b.name)
     settings.update(
         prompt_style=b.style,
