@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench lint fmt clean check-no-torchvision browser-setup
+.PHONY: setup demo test test-lmms bench lint fmt clean check-no-torchvision browser-setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ browser-setup:
 	    echo "browser-setup: apt-get install chromium failed; browser tests will skip"; fi; }
 
 # ruff settings live in pyproject.toml ([tool.ruff]); `make fmt` rewrites files, `make lint` only checks
-LINT_PATHS := src tests benchmarks
+LINT_PATHS := src tests tests_lmms benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -50,8 +50,29 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
+# The lmms-eval plugin against the real lmms-eval, in an environment of its own: lmms-eval pins av<16 and pulls
+# torchvision (a CUDA-only build here), so it cannot share .venv. torch (CPU) first, then lmms-eval with that torch,
+# then longvid; torchvision (and timm, which imports it) are removed afterwards, as in `check-no-torchvision`.
+LMMS_VENV  := .venv-lmms
+LMMS_PY    := $(LMMS_VENV)/bin/python
+LMMS_STAMP := $(LMMS_VENV)/.installed
+LMMS_EVAL  := lmms-eval==0.7.3
+LMMS_PYTHON ?= python3.11
+
+$(LMMS_STAMP): pyproject.toml
+	$(LMMS_PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install --quiet torch==2.13.0
+	$(LMMS_PY) -m pip install --quiet "$(LMMS_EVAL)" "filelock<4" torch==2.13.0
+	$(LMMS_PY) -m pip install --quiet -e ".[eval]" "pytest>=8" "filelock<4" torch==2.13.0
+	$(LMMS_PY) -m pip uninstall --quiet -y torchvision timm
+	$(MAKE) --no-print-directory check-no-torchvision PY=$(LMMS_PY)
+	touch $(LMMS_STAMP)
+
+test-lmms: $(LMMS_STAMP)
+	$(LMMS_PY) -m pytest -q tests_lmms
+
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(LMMS_VENV) out .pytest_cache

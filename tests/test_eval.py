@@ -339,6 +339,72 @@ def test_official_prompts(tmp_path, clip):
     assert q.answer == [0.0, 1.2]
 
 
+def test_video_xl_prompts(tmp_path, clip):
+    """Video-XL's own prompts (upstream lmms-eval v0.2.3's task utils, which Video-XL/eval/videoxl.py ran),
+    hand-built; benchmarks Video-XL did not evaluate with lmms-eval keep VideoChat-Flash's."""
+    vm = make_videomme(tmp_path / "vm", clip)
+    q = benchmark("videomme", "video_xl").load(vm)[0]
+    assert q.prompt == (
+        "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+        "Respond with only the letter (A, B, C, or D) of the correct option.\nQ1?\n"
+        "['A. one', 'B. two', 'C. three', 'D. four']\n"
+        "\nAnswer with the option's letter from the given choices directly."
+    )
+    assert benchmark("videomme-sub", "video_xl").style == "videochat_flash"  # its subtitle variant: not reproduced
+    ml = benchmark("mlvu", "video_xl")
+    q = ml.load(make_mlvu(tmp_path / "ml", clip))[0]
+    assert q.prompt == "\nWhat color?\n(A) Yellow\n(B) Red\nOnly give the best option.\n\nBest option: ("
+    assert q.answer == "B"
+    # the character before the first ")", else the whole stripped output; compared with the letter as is
+    for output, extracted in [("B) Red", "B"), (" A) Yellow", "A"), ("Red (B)", "B"), (")", ""), ("b", "b"), ("", "")]:
+        assert ml.extract(output, q) == extracted
+    assert [ml.score(ml.extract(o, q), q) for o in ("B) Red", "b", "The answer is B")] == [1.0, 0.0, 0.0]
+    lvb = benchmark("longvideobench", "video_xl").load(make_longvideobench(tmp_path / "lvb", clip))
+    assert (
+        lvb[0].prompt
+        == "What happens?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given choices directly.\n"
+    )
+    for bench in ("mvbench", "lvbench", "charades-sta"):
+        assert benchmark(bench, "video_xl").style == "videochat_flash"
+
+
+def test_prompt_style_follows_the_model_family(tmp_path, clip):
+    """--prompts auto takes the family's own prompts: a tiny Video-XL checkpoint gets Video-XL's."""
+    from longvid.tiny import make_tiny_video_xl
+
+    ckpt = make_tiny_video_xl(
+        tmp_path / "vxl",
+        seed=1,
+        hidden=32,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        intermediate=64,
+        image_size=28,
+        patch=14,
+        vision_dim=16,
+        vision_layers=1,
+    )
+    data = make_mlvu(tmp_path / "ml", clip)
+    out = tmp_path / "out"
+    assert (
+        main(["eval", "mlvu", "--data", str(data), "--model", str(ckpt), "--out", str(out), "--max-frames", "4"]) == 0
+    )
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"].endswith("Only give the best option.\n\nBest option: (")
+    ml = benchmark("mlvu", "video_xl")
+    assert [r["extracted"] for r in rows] == [ml.extract(r["output"], None) for r in rows]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["prompt_style"] == "video_xl" and summary["settings"]["model_family"] == "video_xl"
+    # score-only: VideoChat-Flash's rule unless --prompts says otherwise ("B) Red" -> "B" under both; "b" differs)
+    given = put(tmp_path / "o.jsonl", json.dumps({"id": "1_plotQA/0", "output": "b"}) + "\n")
+    for prompts, expected in [("auto", 1.0), ("video_xl", 0.0)]:
+        o = tmp_path / f"s{prompts}"
+        args = ["eval", "mlvu", "--data", str(data), "--out", str(o), "--score-only", str(given), "--prompts", prompts]
+        assert main(args) == 0
+        assert json.loads((o / "summary.json").read_text())["by"]["task"]["1_plotQA"]["accuracy"] == expected
+
+
 # hand-written outputs per benchmark -> the expected overall score (worked out from the official rules)
 SCORE_ONLY = {
     "mvbench": ({"action_sequence/0": "(B) ran", "action_sequence/1": "A", "object_existence/0": "yes"}, 2 / 3),
@@ -420,9 +486,11 @@ def test_bad_inputs(tmp_path, capsys):
     assert main(["eval", "nosuch", "--data", str(tmp_path)]) == 2
     assert main(["eval", "mvbench", "--data", str(tmp_path / "none")]) == 2
     assert main(["eval", "mvbench", "--data", str(tmp_path)]) == 2  # no task json
+    assert main(["eval", "mvbench", "--data", str(tmp_path), "--prompts", "gpt"]) == 2
     put(tmp_path / "json/action_sequence.json", [{"video": "a.mp4"}])
     assert main(["eval", "mvbench", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
+    assert "--prompts must be" in err
     assert "unknown benchmark" in err and "missing question, candidates, answer" in err and "Traceback" not in err
 
 

@@ -29,10 +29,18 @@ class Question:
     extra: dict[str, Any] = field(default_factory=dict)  # what extraction needs (options, ...)
 
 
+# Whose evaluation code the prompts and answer extraction reproduce. VideoChat-Flash's lmms-eval fork is the
+# default (it covers every benchmark here); Video-XL evaluated only MLVU, Video-MME and LongVideoBench with
+# lmms-eval (Video-XL/README.md, "Long Video Benchmark Evaluation"), so only those have a "video_xl" style.
+PROMPT_STYLES = ("videochat_flash", "video_xl")
+
+
 class Benchmark:
     """One benchmark format. Subclasses set the class attributes and implement load / extract / score."""
 
     name = ""
+    style = "videochat_flash"  # see PROMPT_STYLES; set by `longvid.eval.benchmark(name, style)`
+    styles: tuple[str, ...] = ("videochat_flash",)  # the styles this benchmark reproduces
     max_new_tokens = 16  # the task yaml's generation_kwargs
     long = True  # long-video benchmark: the family's long-video frame count applies
     metric = "accuracy"

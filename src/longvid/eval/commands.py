@@ -34,6 +34,12 @@ def eval_command(
     score_only: Optional[Path] = typer.Option(
         None, "--score-only", help='Score these {"id", "output"} lines instead of running a model.'
     ),
+    prompts: str = typer.Option(
+        "auto",
+        "--prompts",
+        help="Whose prompts and answer extraction: auto (the model's family; VideoChat-Flash's with --score-only), "
+        "videochat_flash or video_xl (Video-XL's for mlvu, videomme and longvideobench).",
+    ),
     cache_dir: Optional[Path] = CacheDirOpt,
     sets: Optional[list[str]] = SetOpt,
     dtype: str = DtypeOpt,
@@ -41,10 +47,14 @@ def eval_command(
 ):
     """Evaluate on a benchmark with its official annotations, prompts and scoring (resumable, shardable)."""
     from . import benchmark
+    from .base import PROMPT_STYLES
     from .runner import Shard, default_frames, run_eval
     from .runner import score_only as run_score_only
 
-    b = benchmark(bench)
+    if prompts not in ("auto", *PROMPT_STYLES):
+        raise ConfigError(f"--prompts must be auto, {' or '.join(PROMPT_STYLES)}; got {prompts!r}")
+    style = None if prompts == "auto" else prompts
+    b = benchmark(bench, style)
     if not data.is_dir():
         raise InputError(f"--data {data}: no such folder")
     if limit is not None and limit < 1:
@@ -61,6 +71,7 @@ def eval_command(
         raise InputError(f"--out {out}: not a folder")
     settings = {"benchmark": b.name, "data": str(data.resolve()), "limit": limit, "max_new_tokens": b.max_new_tokens}
     if score_only is not None:
+        settings["prompt_style"] = b.style
         summary = run_score_only(b, questions, score_only, out, {**settings, "score_only": str(score_only)})
         return _report(summary, out)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -78,6 +89,8 @@ def eval_command(
             dtype,
             "--device",
             device,
+            "--prompts",
+            prompts,
             *[arg for pair in sets or [] for arg in ("--set", pair)],
         ]
         code = torchrun("eval", nproc, args)
@@ -92,8 +105,12 @@ def eval_command(
 
     check_device(device)
     m = load_model(model, sets, dtype, device)
+    if style is None and b.style != benchmark(bench, m.family).style:  # the family's own prompts
+        b = benchmark(bench, m.family)
+        questions = b.load(data)[:limit]
     frames = max_frames or default_frames(m.family, b.name)
     settings.update(
+        prompt_style=b.style,
         max_frames=frames,
         model_name=m.name,
         model_family=m.family,

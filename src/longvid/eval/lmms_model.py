@@ -5,6 +5,18 @@ own simple models; video tasks' `doc_to_visual` gives `[path]` or, in VideoChat-
 `[path, {"start", "end", ...}]`. The context is the user text (the family's chat template, time message
 and system prompt are added by the pipeline, as VideoChat-Flash's wrapper leaves them to `model.chat`).
 `max_frames` defaults to the family's paper setting (runner.FAMILY_FRAMES). Import only under lmms-eval.
+
+loglikelihood follows what lmms-eval does, not what its model guide says ("log-probability"): every built-in
+model (models/simple/llava.py, llava_onevision.py, ...; Video-XL's eval/videoxl.py too) returns
+`(loss, is_greedy)` with loss = the mean negative log-likelihood per continuation token, and the
+multiple_choice scorer picks the *smallest* value (api/task.py `ConfigurableTask.process_results`, `np.argmin`;
+lmms-eval issue #370). Returning log-probabilities there would pick the least likely choice.
+
+lmms-eval 0.7.x passes every model output through `unwrap_generation_output` (api/instance.py), which turns
+anything that is not text into `str(output)`, so a `(loss, is_greedy)` tuple reaches the scorer as the string
+"(1.23, False)" and every loglikelihood / multiple_choice task fails, for every model. The one output it hands
+through untouched is a `GenerationResult`'s `text`, so where lmms-eval stringifies (checked by behaviour, not by
+version) the tuple travels in one. Without that bug (0.6.x, or a fixed release) plain tuples are returned.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import os
 from typing import Any
 
 import numpy as np
+from lmms_eval.api import instance as lmms_instance
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
@@ -21,6 +34,19 @@ from ..flags import load_model
 from ..options import GenerationOptions, SamplingOptions
 from ..pipeline import Pipeline
 from .runner import default_frames
+
+
+def _stringifies_scores() -> bool:
+    """Does this lmms-eval turn a loglikelihood tuple into text on its way to the scorer? (0.7.x does.)"""
+    unwrap = getattr(lmms_instance, "unwrap_generation_output", None)
+    return unwrap is not None and unwrap((0.0, True))[0] != (0.0, True)
+
+
+def loglikelihood_result(loss: float, greedy: bool) -> Any:
+    """`(loss, is_greedy)` in the form that reaches this lmms-eval's scorer as a tuple."""
+    if _stringifies_scores():
+        return lmms_instance.GenerationResult(text=(loss, greedy))  # text: the one field passed through as is
+    return (loss, greedy)
 
 
 class LongvidLMM(lmms):
@@ -73,7 +99,8 @@ class LongvidLMM(lmms):
             out.append(text.strip())
         return out
 
-    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests) -> list[Any]:
+        """(mean negative log-likelihood per target token, greedy?) per request: lmms-eval's loss convention."""
         out = []
         for req in tqdm(requests, disable=self.rank != 0, desc="longvid"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = req.args
@@ -83,7 +110,8 @@ class LongvidLMM(lmms):
             video, sampling = self._video(doc_to_visual, doc_id, task, split)
             prompt, visual, _ = self.pipeline.visual(video, sampling, question=context)
             ids = self.model.tokenizer.encode(target, add_special_tokens=False)
-            out.append(self.pipeline.continuation_logprob(prompt, visual, ids))
+            logprob, greedy = self.pipeline.continuation_logprob(prompt, visual, ids)
+            out.append(loglikelihood_result(-logprob / max(len(ids), 1), greedy))
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:

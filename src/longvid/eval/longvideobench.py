@@ -7,6 +7,10 @@ insert_interleave_subtitles) and answer extraction (MMMU's parser): VideoChat-Fl
 lmms-eval_videochat/lmms_eval/tasks/longvideobench/utils.py (`longvideobench_doc_to_text`,
 `insert_subtitles_into_frames`, `compute_frame_timestamps`, `parse_multi_choice_response`).
 Without a subtitle file the prompt is upstream lmms-eval's plain one: question, options, post-prompt.
+
+Video-XL ("video_xl" style) ran upstream lmms-eval's `longvideobench_val_v` as it was in September 2024 (v0.2.3,
+lmms_eval/tasks/longvideobench/utils.py `longvideobench_doc_to_text`, longvideobench_val_v.yaml, through
+Video-XL/eval/videoxl.py): no subtitles, options as "A. text", the same post-prompt and MMMU parser.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def interleaved_subtitles(subtitles: list[dict], offset: float, duration: float)
 class LongVideoBench(Benchmark):
     name = "longvideobench"
     max_new_tokens = 32
+    styles = ("videochat_flash", "video_xl")
 
     def load(self, data: Path) -> list[Question]:
         path = next((p for p in (data / "lvb_val.json", data / "lvb_test_wo_gt.json") if p.is_file()), None)
@@ -68,11 +73,10 @@ class LongVideoBench(Benchmark):
         for i, doc in enumerate(items):
             need(doc, ("id", "video_path", "question", "candidates"), f"{path}[{i}]")
             cands = [c for c in doc["candidates"] if c != "N/A"]
-            question = (
-                doc["question"] + "\n" + "\n".join(f"({letter}). {c}" for letter, c in zip(letters(len(cands)), cands))
-            )
+            option = "{}. {}" if self.style == "video_xl" else "({}). {}"
+            question = doc["question"] + "\n" + "\n".join(option.format(*lc) for lc in zip(letters(len(cands)), cands))
             prompt = f"{question}\n{POST_PROMPT}"
-            sub_name = str(doc.get("subtitle_path") or "")
+            sub_name = str(doc.get("subtitle_path") or "") if self.style == "videochat_flash" else ""
             if sub_name:
                 sub_name = sub_name if "_en.json" in sub_name else sub_name.replace(".json", "_en.json")
                 sub_path = data / "subtitles" / sub_name

@@ -88,7 +88,7 @@ def finished_rows(out: Path) -> dict[str, dict]:
 def check_run(out: Path, settings: dict[str, Any], shard: Shard) -> None:
     """Refuse to resume a folder that holds a run with other settings (its rows would be mixed in)."""
     path = out / "run.json"
-    keys = ("benchmark", "data", "max_frames", "max_new_tokens", "model_fingerprint", "score_only")
+    keys = ("benchmark", "data", "max_frames", "max_new_tokens", "model_fingerprint", "prompt_style", "score_only")
     mine = {k: settings.get(k) for k in keys}
     if path.is_file():
         try:

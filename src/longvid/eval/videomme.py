@@ -6,6 +6,13 @@ fork's videos/ also works), subtitles subtitle/<videoID>.srt.
 Prompts (with and without subtitles), the "full subtitle" text and answer extraction: VideoChat-Flash's
 lmms-eval fork, lmms-eval_videochat/lmms_eval/tasks/videomme/utils.py (`videomme_doc_to_text`,
 `videomme_doc_to_text_subtitle`, `extract_characters_regex`) and videomme.yaml's post_prompt.
+
+Video-XL ("video_xl" style, without subtitles) ran upstream lmms-eval's `videomme` task as it was when it was
+evaluated (v0.2.3, September 2024: lmms_eval/tasks/videomme/utils.py `videomme_doc_to_text` and videomme.yaml's
+default post_prompt, through Video-XL/eval/videoxl.py): the option prompt that mentions subtitles, the options
+as the Python text of their list ("['A. one', 'B. two']"), and the post-prompt after an extra newline. Its
+subtitle variant (32-frame subtitle selection through OpenCV's frame count) is not reproduced: with subtitles
+every family gets the VideoChat-Flash fork's prompt.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ PROMPT_SUB = (
     "(A, B, C, or D) of the correct option."
 )
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+# upstream lmms-eval v0.2.3 `videomme_doc_to_text` (Video-XL): this wording even without subtitles
+PROMPT_V023 = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter (A, B, C, or D) of the correct option."
+)
 SUBTITLE_LINE = re.compile(r'<font color="white" size=".72c">(.*?)</font>')
 FIELDS = ("videoID", "question_id", "duration", "question", "options", "answer")
 
@@ -63,8 +75,11 @@ class VideoMME(Benchmark):
 
     def __init__(self, subtitles: bool = False):
         self.subtitles = subtitles
+        self.styles = ("videochat_flash",) if subtitles else ("videochat_flash", "video_xl")
 
     def prompt(self, doc: dict, subtitle: str | None) -> str:
+        if self.style == "video_xl":
+            return PROMPT_V023 + "\n" + doc["question"] + "\n" + str(list(doc["options"])) + "\n" + POST_PROMPT
         question = "Question: " + doc["question"] + "\nOption:\n" + "\n".join(doc["options"])
         if not self.subtitles:
             return PROMPT + "\n" + question + POST_PROMPT
