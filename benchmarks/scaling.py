@@ -198,6 +198,23 @@ def work_sample(video: str, frames: int) -> dict:
     return {"seconds": time.perf_counter() - start, "wrong": wrong, "peak_rss_mib": peak_rss_mib()}
 
 
+def timed_attention() -> list[float]:
+    """Wrap the decoder's attention function with a clock: which part of prefill grows with the context."""
+    from longvid.llm import qwen2
+
+    spent = [0.0]
+    inner = qwen2.attention
+
+    def attention(*args, **kwargs):
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    qwen2.attention = attention
+    return spent
+
+
 def work_pipeline(video: str, ckpt: str, config: str, frames: int) -> dict:
     """Open -> plan -> decode + encode -> prefill -> first token, through the public API."""
     import torch
@@ -212,6 +229,7 @@ def work_pipeline(video: str, ckpt: str, config: str, frames: int) -> dict:
     src = m.open(video)
     plan = m.sampling_plan(src, num_frames=frames)
     visual = m.encode_video(src, plan)
+    attention_s = timed_attention()  # after encoding: only the LLM's attention (the towers have their own)
     answer = m.answer(visual, QUESTION, max_new_tokens=1)
     ttft = time.perf_counter() - start
     t = answer.timings
@@ -222,6 +240,7 @@ def work_pipeline(video: str, ckpt: str, config: str, frames: int) -> dict:
         "decode_s": t.get("decode", 0.0),
         "encode_s": t.get("encode", 0.0),
         "prefill_s": t.get("prefill", 0.0),
+        "prefill_attention_s": attention_s[0],  # of which the decoder's attention
         "ttft_s": ttft,
         "load_s": load_s,
         "peak_rss_mib": peak_rss_mib(),
@@ -424,6 +443,22 @@ def fmt(x, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def omitted(setup: dict) -> str:
+    """The parts of the full grid this (non-quick) run left out, in words ('' when none)."""
+    grid, full = setup.get("grid"), setup.get("full_grid")
+    if setup["quick"] or not grid or not full:
+        return ""
+    parts = []
+    for key, what in (("sampling", "sampling"), ("frames", "the pipeline"), ("hico", "HiCo vs all patch tokens")):
+        left = [n for n in full[key] if n not in grid[key]]
+        if left:
+            parts.append(f"{what} at {' / '.join(f'{n:,}' for n in left)} frames")
+    configs = [CONFIGS[c] for c in full["configs"] if c not in grid["configs"]]
+    if configs:
+        parts.append(f"pipeline configurations {', '.join(configs)}")
+    return "; ".join(parts)
+
+
 def markdown(res: dict) -> str:
     """The tables as markdown (README's Performance section is this text)."""
     s = res["setup"]
@@ -440,6 +475,11 @@ def markdown(res: dict) -> str:
             "patch token of 256 and 1,000 frames, i.e. 200k and 784k tokens, without clip compression) "
             "takes hours on this machine."
         )
+    if s.get("note"):
+        lines.append(f"\nConditions: {s['note']}")
+    missing = omitted(s)
+    if missing:
+        lines.append(f"\nNot measured in this run (left out of the full grid): {missing}.")
     lines += [
         "",
         "Sampling: the same frames read by longvid's reader, by the FFmpeg command line (the whole file "
@@ -461,18 +501,19 @@ def markdown(res: dict) -> str:
         "",
         "The pipeline, each configuration in a fresh process (decode s includes resizing and normalising the frames):",
         "",
-        "| frames | configuration | visual tokens | decode s | encode s | prefill s | prefill s / 1k tokens "
-        "| peak RSS MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| frames | configuration | visual tokens | decode s | encode s | prefill s | of which attention s "
+        "| prefill s / 1k tokens | peak RSS MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["pipeline"]:
         if "error" in r:
-            lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['frames']:,} | {CONFIGS[r['config']]} | failed: {r['error']} | | | | | | |")
             continue
         per_1k = r["prefill_s"] / r["visual_tokens"] * 1000
         lines.append(
             f"| {r['frames']:,} | {CONFIGS[r['config']]} | {r['visual_tokens']:,} | {r['decode_s']:.1f} "
-            f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {per_1k:.3f} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['encode_s']:.1f} | {r['prefill_s']:.2f} | {fmt(r.get('prefill_attention_s'))} | {per_1k:.3f} "
+            f"| {r['peak_rss_mib']:.0f} |"
         )
     lines += [
         "",
@@ -580,11 +621,26 @@ def update_readme(md: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def save(res: dict, began: float, done: bool) -> None:
+    """Write the JSON after every row, so an interrupted run keeps what it measured (`--resume` continues it)."""
+    res["targets"] = targets(res)
+    res["setup"]["wall_s"] = res["setup"].get("wall_before_s", 0.0) + time.perf_counter() - began
+    res["setup"]["complete"] = done
+    (RESULTS / "scaling.json").write_text(json.dumps(res, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30-minute video, 128 / 512 / 1,000 frames")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench_scaling", help="cached video and models")
     parser.add_argument("--frames", type=int, nargs="+", help="override the pipeline's frame counts")
+    parser.add_argument("--sampling", type=int, nargs="*", help="override the sampling rows' frame counts")
+    parser.add_argument("--hico", type=int, nargs="*", help="override the HiCo rows' frame counts")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these pipeline configurations")
+    parser.add_argument("--note", help="a sentence on the conditions (e.g. other jobs on the CPU), kept in the JSON")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows of results/scaling.json and measure only the missing ones"
+    )
     parser.add_argument(
         "--readme",
         action="store_true",
@@ -623,7 +679,12 @@ def main() -> None:
     global TORCH_THREADS
     TORCH_THREADS = args.torch_threads
     setup = QUICK if args.quick else FULL
-    frames = args.frames or setup["frames"]
+    grid = {
+        "frames": args.frames or setup["frames"],
+        "sampling": setup["sampling"] if args.sampling is None else args.sampling,
+        "hico": setup["hico"] if args.hico is None else args.hico,
+        "configs": args.configs or list(CONFIGS),
+    }
     began = time.perf_counter()
     video = make_video(args.work, setup["minutes"])
     models = make_models(args.work)
@@ -636,7 +697,8 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
             "machine": platform.machine() + " CPU",
             "cores": len(os.sched_getaffinity(0)),
-            "shared": args.quick,
+            "shared": args.quick or bool(args.note),
+            "note": args.note,
             "torch_threads": args.torch_threads or "default",
             "decode_threads": "all cores",
             "video": (
@@ -655,21 +717,37 @@ def main() -> None:
                 if ffmpeg
                 else None
             ),
+            "grid": grid,
+            "full_grid": {k: FULL[k] for k in ("frames", "sampling", "hico")} | {"configs": list(CONFIGS)},
         },
         "sampling": [],
         "pipeline": [],
         "hico": [],
     }
+    if args.resume and (RESULTS / "scaling.json").exists():
+        old = json.loads((RESULTS / "scaling.json").read_text())
+        if old["setup"]["quick"] == args.quick:
+            res["setup"]["wall_before_s"] = old["setup"].get("wall_s", 0.0)
+            res["setup"]["date"] = old["setup"]["date"]
+            res["setup"]["note"] = args.note or old["setup"].get("note")
+            res["setup"]["shared"] = res["setup"]["shared"] or old["setup"].get("shared", False)
+            for key in ("sampling", "pipeline", "hico"):
+                res[key] = [r for r in old[key] if "error" not in r]
+    done_sampling = {r["frames"] for r in res["sampling"]}
+    done_pipeline = {(r["frames"], r["config"]) for r in res["pipeline"]}
+    done_hico = {r["frames"] for r in res["hico"]}
 
     print(
         f"{'frames':>7} {'longvid s':>9} {'wrong':>5} {'ffmpeg s':>8} {'wrong':>5} {'ratio':>6} {'PyAV full s':>11}"
         f" {'wrong':>5}",
         flush=True,
     )
-    for n in setup["sampling"]:
+    for n in grid["sampling"]:
+        if n in done_sampling:
+            continue
         row = {"frames": n}
         r = run_worker("sample", str(video), str(n))
-        row.update(longvid_s=r.get("seconds"), longvid_wrong=r.get("wrong"))
+        row.update(longvid_s=r.get("seconds"), longvid_wrong=r.get("wrong"), longvid_peak_rss_mib=r.get("peak_rss_mib"))
         idx = plan_indices(video, n)
         if ffmpeg:
             f = ffmpeg_floor(ffmpeg, video, idx, args.work)
@@ -677,6 +755,8 @@ def main() -> None:
         p = pyav_full(video, idx)
         row.update(pyav_s=p["seconds"], pyav_wrong=p["wrong"])
         res["sampling"].append(row)
+        res["sampling"].sort(key=lambda r: r["frames"])
+        save(res, began, False)
         ratio = row["longvid_s"] / row["ffmpeg_s"] if row.get("ffmpeg_s") else None
         print(
             f"{n:>7,} {row['longvid_s']:>9.1f} {row['longvid_wrong']:>5} {fmt(row.get('ffmpeg_s'), '.1f'):>8} "
@@ -689,19 +769,23 @@ def main() -> None:
         f"{'s/1k tok':>8} {'RSS MiB':>8}",
         flush=True,
     )
-    for n in frames:
-        for cfg in CONFIGS:
+    for n in grid["frames"]:
+        for cfg in grid["configs"]:
+            if (n, cfg) in done_pipeline:
+                continue
             r = run_worker("pipeline", str(video), str(models[cfg]), cfg, str(n))
             r.setdefault("config", cfg)
             r.setdefault("frames", n)
             res["pipeline"].append(r)
+            res["pipeline"].sort(key=lambda r: (r["frames"], list(CONFIGS).index(r["config"])))
+            save(res, began, False)
             if "error" in r:
                 print(f"{n:>7,} {CONFIGS[cfg]:<46} failed: {r['error']}", flush=True)
                 continue
             print(
                 f"{n:>7,} {CONFIGS[cfg]:<46} {r['visual_tokens']:>8,} {r['decode_s']:>8.1f} {r['encode_s']:>8.1f} "
                 f"{r['prefill_s']:>9.2f} {r['prefill_s'] / r['visual_tokens'] * 1000:>8.3f} "
-                f"{r['peak_rss_mib']:>8.0f}",
+                f"{r['peak_rss_mib']:>8.0f}  (attention {r['prefill_attention_s']:.2f} s)",
                 flush=True,
             )
 
@@ -709,7 +793,9 @@ def main() -> None:
         f"\n{'frames':>7} {'tokens ToMe / all':>20} {'prefill s ToMe / all':>22} {'speed-up':>8} {'TTFT s':>14}",
         flush=True,
     )
-    for n in setup["hico"]:
+    for n in grid["hico"]:
+        if n in done_hico:
+            continue
         a = run_worker("hico", str(video), str(models["hico"]), str(n), "1")
         b = run_worker("hico", str(video), str(models["hico"]), str(n), "0")
         if "error" in a or "error" in b:
@@ -730,18 +816,18 @@ def main() -> None:
             "all_peak_rss_mib": b["peak_rss_mib"],
         }
         res["hico"].append(row)
+        res["hico"].sort(key=lambda r: r["frames"])
+        save(res, began, False)
         print(
             f"{n:>7,} {a['visual_tokens']:>9,} / {b['visual_tokens']:<9,} {a['prefill_s']:>10.2f} / "
             f"{b['prefill_s']:<9.2f} {row['speedup']:>7.1f}x {a['ttft_s']:>6.1f} / {b['ttft_s']:<6.1f}",
             flush=True,
         )
 
-    res["targets"] = targets(res)
-    res["setup"]["wall_s"] = time.perf_counter() - began
+    save(res, began, True)
     print()
     for t in res["targets"]:
         print(f"{'MET ' if t['ok'] else 'MISS'}  {t['target']}: {t['value']}")
-    (RESULTS / "scaling.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
     (RESULTS / "scaling.md").write_text(md)
     plot(res, RESULTS / "scaling.png")
