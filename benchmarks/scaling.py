@@ -24,6 +24,7 @@ pipeline scales, not about a real model's speed. Results: benchmarks/results/sca
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -671,19 +673,46 @@ def update_readme(md: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def save(res: dict, began: float, done: bool) -> None:
-    """Write the JSON after every row, so an interrupted run keeps what it measured (`--resume` continues it)."""
-    res["targets"] = targets(res)
-    res["setup"]["wall_s"] = res["setup"].get("wall_before_s", 0.0) + time.perf_counter() - began
-    res["setup"]["complete"] = done
-    (RESULTS / "scaling.json").write_text(json.dumps(res, indent=2) + "\n")
+def row_key(row: dict) -> tuple:
+    return row["frames"], CONFIGS_ORDER.get(row.get("config"), -1)
+
+
+CONFIGS_ORDER = {c: i for i, c in enumerate(CONFIGS)}
+
+
+def add_row(res: dict, section: str, row: dict) -> None:
+    """Add (or replace) a row, keeping each section sorted."""
+    res[section] = sorted([r for r in res[section] if row_key(r) != row_key(row)] + [row], key=row_key)
+
+
+def save(res: dict, began: float, done: bool, merge: bool = False) -> None:
+    """Write the JSON after every row, so an interrupted run keeps what it measured (`--resume` continues it).
+    With `merge` (resumed runs), rows another invocation wrote meanwhile are kept: several resumed
+    invocations may fill in parts of one grid side by side (their CPU times stay comparable)."""
+    path = RESULTS / "scaling.json"
+    with open(Path(tempfile.gettempdir()) / "longvid_scaling.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wall = res["setup"].get("wall_before_s", 0.0) + time.perf_counter() - began
+        if merge and path.exists():
+            disk = json.loads(path.read_text())
+            if disk["setup"]["quick"] == res["setup"]["quick"]:
+                for section in ("sampling", "pipeline", "hico"):
+                    ours = {row_key(r) for r in res[section]}
+                    for row in disk[section]:
+                        if row_key(row) not in ours and "error" not in row:
+                            add_row(res, section, row)
+                wall = max(wall, disk["setup"].get("wall_s", 0.0))
+        res["targets"] = targets(res)
+        res["setup"]["wall_s"] = wall
+        res["setup"]["complete"] = done and not omitted(res)
+        path.write_text(json.dumps(res, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30-minute video, 128 / 512 / 1,000 frames")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench_scaling", help="cached video and models")
-    parser.add_argument("--frames", type=int, nargs="+", help="override the pipeline's frame counts")
+    parser.add_argument("--frames", type=int, nargs="*", help="override the pipeline's frame counts")
     parser.add_argument("--sampling", type=int, nargs="*", help="override the sampling rows' frame counts")
     parser.add_argument("--hico", type=int, nargs="*", help="override the HiCo rows' frame counts")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these pipeline configurations")
@@ -730,7 +759,7 @@ def main() -> None:
     TORCH_THREADS = args.torch_threads
     setup = QUICK if args.quick else FULL
     grid = {
-        "frames": args.frames or setup["frames"],
+        "frames": setup["frames"] if args.frames is None else args.frames,
         "sampling": setup["sampling"] if args.sampling is None else args.sampling,
         "hico": setup["hico"] if args.hico is None else args.hico,
         "configs": args.configs or list(CONFIGS),
@@ -814,9 +843,8 @@ def main() -> None:
             )
         p = pyav_full(video, idx)
         row.update(pyav_s=p["seconds"], pyav_cpu_s=p["cpu_s"], pyav_wrong=p["wrong"])
-        res["sampling"].append(row)
-        res["sampling"].sort(key=lambda r: r["frames"])
-        save(res, began, False)
+        add_row(res, "sampling", row)
+        save(res, began, False, args.resume)
         ratio = row["longvid_s"] / row["ffmpeg_s"] if row.get("ffmpeg_s") else None
         print(
             f"{n:>7,} {row['longvid_s']:>9.1f} {row['longvid_wrong']:>5} {fmt(row.get('ffmpeg_s'), '.1f'):>8} "
@@ -836,9 +864,8 @@ def main() -> None:
             r = run_worker("pipeline", str(video), str(models[cfg]), cfg, str(n))
             r.setdefault("config", cfg)
             r.setdefault("frames", n)
-            res["pipeline"].append(r)
-            res["pipeline"].sort(key=lambda r: (r["frames"], list(CONFIGS).index(r["config"])))
-            save(res, began, False)
+            add_row(res, "pipeline", r)
+            save(res, began, False, args.resume)
             if "error" in r:
                 print(f"{n:>7,} {CONFIGS[cfg]:<46} failed: {r['error']}", flush=True)
                 continue
@@ -859,7 +886,7 @@ def main() -> None:
         a = run_worker("hico", str(video), str(models["hico"]), str(n), "1")
         b = run_worker("hico", str(video), str(models["hico"]), str(n), "0")
         if "error" in a or "error" in b:
-            res["hico"].append({"frames": n, "error": a.get("error") or b.get("error")})
+            add_row(res, "hico", {"frames": n, "error": a.get("error") or b.get("error")})
             print(f"{n:>7,} failed: {a.get('error') or b.get('error')}", flush=True)
             continue
         row = {
@@ -878,16 +905,15 @@ def main() -> None:
             "tome_peak_rss_mib": a["peak_rss_mib"],
             "all_peak_rss_mib": b["peak_rss_mib"],
         }
-        res["hico"].append(row)
-        res["hico"].sort(key=lambda r: r["frames"])
-        save(res, began, False)
+        add_row(res, "hico", row)
+        save(res, began, False, args.resume)
         print(
             f"{n:>7,} {a['visual_tokens']:>9,} / {b['visual_tokens']:<9,} {a['prefill_s']:>10.2f} / "
             f"{b['prefill_s']:<9.2f} {row['speedup']:>7.1f}x {a['ttft_s']:>6.1f} / {b['ttft_s']:<6.1f}",
             flush=True,
         )
 
-    save(res, began, True)
+    save(res, began, True, args.resume)
     print()
     for t in res["targets"]:
         print(f"{'MET ' if t['ok'] else 'MISS'}  {t['target']}: {t['value']}")
