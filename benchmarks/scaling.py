@@ -17,7 +17,8 @@ The video is generated once with PyAV (cached in --work): 448 x 448, 25 fps, H.2
 and GOP in VIDEO below), low-motion content whose frames carry their index as a block code. Models are
 tiny random checkpoints shaped like the parity fixtures (hidden 64, 4 layers; a 448-px UMT tower for
 VideoChat-Flash, a 112-px CLIP tower for Video-XL), float32 on the CPU: the numbers are about how the
-pipeline scales, not about a real model's speed. Results: benchmarks/results/scaling.{json,png,md};
+pipeline scales, not about a real model's speed. Results: benchmarks/results/scaling.{json,png,md}
+(`--quick`: scaling_quick.*, so `make bench` leaves the full run's files alone);
 `--readme` rewrites the README's Performance section from the JSON.
 """
 
@@ -643,7 +644,7 @@ def plot(res: dict, path: Path) -> None:
         xscale="log",
         yscale="log",
         xlabel="frames sampled",
-        ylabel="seconds",
+        ylabel="wall seconds (CPU time: in the tables)",
         title="decode + encode + prefill (solid), prefill (dashed)",
     )
     ax_m.set(xscale="log", xlabel="frames sampled", ylabel="peak RSS (MiB)", title="peak memory")
@@ -677,6 +678,10 @@ def update_readme(md: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def results_path(quick: bool, ext: str) -> Path:
+    return RESULTS / f"scaling{'_quick' if quick else ''}.{ext}"
+
+
 def row_key(row: dict) -> tuple:
     return row["frames"], CONFIGS_ORDER.get(row.get("config"), -1)
 
@@ -693,7 +698,7 @@ def save(res: dict, began: float, done: bool, merge: bool = False) -> None:
     """Write the JSON after every row, so an interrupted run keeps what it measured (`--resume` continues it).
     With `merge` (resumed runs), rows another invocation wrote meanwhile are kept: several resumed
     invocations may fill in parts of one grid side by side (their CPU times stay comparable)."""
-    path = RESULTS / "scaling.json"
+    path = results_path(res["setup"]["quick"], "json")
     with open(Path(tempfile.gettempdir()) / "longvid_scaling.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         wall = res["setup"].get("wall_before_s", 0.0) + time.perf_counter() - began
@@ -722,7 +727,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these pipeline configurations")
     parser.add_argument("--note", help="a sentence on the conditions (e.g. other jobs on the CPU), kept in the JSON")
     parser.add_argument(
-        "--resume", action="store_true", help="keep the rows of results/scaling.json and measure only the missing ones"
+        "--resume", action="store_true", help="keep the rows of the results file and measure only the missing ones"
     )
     parser.add_argument(
         "--readme",
@@ -807,8 +812,8 @@ def main() -> None:
         "pipeline": [],
         "hico": [],
     }
-    if args.resume and (RESULTS / "scaling.json").exists():
-        old = json.loads((RESULTS / "scaling.json").read_text())
+    if args.resume and results_path(args.quick, "json").exists():
+        old = json.loads(results_path(args.quick, "json").read_text())
         if old["setup"]["quick"] == args.quick:
             res["setup"]["wall_before_s"] = old["setup"].get("wall_s", 0.0)
             res["setup"]["date"] = old["setup"]["date"]
@@ -922,9 +927,9 @@ def main() -> None:
     for t in res["targets"]:
         print(f"{'MET ' if t['ok'] else 'MISS'}  {t['target']}: {t['value']}")
     md = markdown(res)
-    (RESULTS / "scaling.md").write_text(md)
-    plot(res, RESULTS / "scaling.png")
-    print(f"\nwrote {RESULTS / 'scaling.json'}, scaling.md, scaling.png ({res['setup']['wall_s'] / 60:.1f} min)")
+    results_path(args.quick, "md").write_text(md)
+    plot(res, results_path(args.quick, "png"))
+    print(f"\nwrote {results_path(args.quick, '{json,md,png}')} ({res['setup']['wall_s'] / 60:.1f} min)")
 
 
 if __name__ == "__main__":
