@@ -1,6 +1,6 @@
 """Wall time of a training run per stage, from its metrics.jsonl (the README's training times come from here).
 
-    python benchmarks/training_time.py runs/needle --out benchmarks/results/needle_training.json
+python benchmarks/training_time.py runs/needle --out benchmarks/results/needle_training.json
 """
 
 from __future__ import annotations
