@@ -169,14 +169,19 @@ class ServerState:
             request.generation(),
             request.stop,
         )
-        job = self.worker.submit(
-            partial(run_chat, self.model, self.cache, task, control, self.settings.frame_limit, emit), control
-        )
 
         def finished(_):
             media.cleanup()
             loop.call_soon_threadsafe(slot.release)
 
+        run_async = getattr(self.model, "run_chat_async", None)
+        if run_async is not None:  # an engine that schedules and batches requests itself (--engine vllm)
+            running = asyncio.ensure_future(run_async(task, control, self.settings.frame_limit, emit))
+            running.add_done_callback(finished)
+            return running
+        job = self.worker.submit(
+            partial(run_chat, self.model, self.cache, task, control, self.settings.frame_limit, emit), control
+        )
         job.add_done_callback(finished)
         return asyncio.wrap_future(job)
 
@@ -466,6 +471,8 @@ def create_app(model: VideoLLM, settings: ServerSettings) -> FastAPI:
             yield
         finally:
             state.worker.stop()
+            if hasattr(model, "shutdown"):  # an engine with processes of its own (--engine vllm)
+                model.shutdown()
             shutil.rmtree(state.tmp_dir, ignore_errors=True)
 
     app = FastAPI(title="longvid", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

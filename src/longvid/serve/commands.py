@@ -11,10 +11,11 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from ..flags import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, load_model
+from ..flags import CacheDirOpt, DeviceOpt, DtypeOpt, ModelOpt, RevisionOpt, SetOpt, load_model, parse_pairs
 from ..limits import MAX_TEXT_TOKENS
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+ENGINES = ("longvid", "vllm")
 
 
 def serve(
@@ -53,6 +54,19 @@ def serve(
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    engine: str = typer.Option(
+        "longvid",
+        "--engine",
+        help="longvid: one request at a time on this process's model. vllm: vLLM's engine batches concurrent "
+        "requests (VideoChat-Flash checkpoints; needs longvid[vllm]).",
+    ),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="GPUs per model (--engine vllm)."),
+    vllm_args: Optional[list[str]] = typer.Option(
+        None,
+        "--vllm-arg",
+        help="A vLLM engine argument (--engine vllm), e.g. --vllm-arg max_model_len=32768 "
+        "--vllm-arg gpu_memory_utilization=0.8.",
+    ),
 ):
     """Serve MODEL over an OpenAI-compatible API: POST /v1/chat/completions with video_url / image_url parts."""
     import logging
@@ -71,13 +85,22 @@ def serve(
         or not 0 < max_media_mb < 1e6
         or not 0 < fetch_timeout < 1e9
         or cache_items < 0
+        or tensor_parallel_size < 1
     ):
         raise ConfigError(
             "--max-concurrency, --timeout, --fetch-timeout, --frame-limit, --max-text-tokens and "
-            "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0"
+            "--max-media-mb must be positive (and finite), --max-queue and --cache-items at least 0, "
+            "--tensor-parallel-size at least 1"
         )
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "longvid" and (tensor_parallel_size != 1 or vllm_args):
+        raise ConfigError("--tensor-parallel-size and --vllm-arg need --engine vllm")
     policy = MediaPolicy(media_root, allow_remote_media, int(max_media_mb * (1 << 20)), fetch_timeout)
-    m = load_model(model, sets, dtype, device, revision)
+    if engine == "vllm":
+        m = vllm_engine(model, sets, dtype, revision, tensor_parallel_size, parse_pairs(vllm_args, "--vllm-arg"))
+    else:
+        m = load_model(model, sets, dtype, device, revision)
     settings = ServerSettings(
         served_model_name or model or m.name,
         api_key,
@@ -105,6 +128,21 @@ def serve(
         timeout_graceful_shutdown=5,
         http=json_error_protocol(),
     )
+
+
+def vllm_engine(model, sets, dtype, revision, tensor_parallel_size: int, engine_args: dict):
+    """vLLM's async engine behind the same API (longvid/vllm/server.py); the checkpoint is read here
+    without weights (tokenizer, sampler, budgets), vLLM loads the weights itself."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ConfigError("--engine vllm needs vLLM: pip install 'longvid[vllm]'") from None
+    from ..vllm.server import VLLMChatEngine
+
+    builder = load_model(model, sets, dtype, "cpu", revision, weights=False)
+    if builder.family != "videochat_flash":
+        raise ConfigError(f"--engine vllm serves VideoChat-Flash checkpoints; {builder.name} is {builder.family}")
+    return VLLMChatEngine(builder, tensor_parallel_size, **engine_args)
 
 
 def json_error_protocol():
