@@ -40,7 +40,7 @@ browser-setup:
 	    echo "browser-setup: apt-get install chromium failed; browser tests will skip"; fi; }
 
 # ruff settings live in pyproject.toml ([tool.ruff]); `make fmt` rewrites files, `make lint` only checks
-LINT_PATHS := src tests tests_lmms benchmarks
+LINT_PATHS := src tests tests_lmms tests_vllm benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

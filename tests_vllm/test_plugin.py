@@ -6,9 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from conftest import ENGINE_ARGS, MAX_TOKENS, QUESTIONS, longvid_ids, tiny_config
-
 from longvid.vllm import ARCHITECTURE
 from longvid.vllm.inputs import PromptBuilder
 
@@ -106,5 +104,3 @@ def test_in_llm_token_dropping_is_refused_with_the_way_out(tmp_path):
     assert run.returncode != 0
     assert "mm_llm_compress=true (in-LLM visual token dropping) is not supported inside vLLM" in run.stderr
     assert "hf_overrides={'mm_llm_compress': False}" in run.stderr
-
-

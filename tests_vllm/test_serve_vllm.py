@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import ENGINE_ARGS, MAX_TOKENS, QUESTIONS, longvid_ids
 
+from conftest import ENGINE_ARGS, MAX_TOKENS, QUESTIONS, longvid_ids
 from longvid.serve.process import ServerProcess
 from longvid.streaming import TextStream
 
@@ -18,8 +18,13 @@ def server(checkpoint, media):
     args = ["--engine", "vllm", "--media-root", media, "--frame-limit", "64", "--max-concurrency", "8"]
     for key in ("gpu_memory_utilization", "max_model_len", "enforce_eager"):
         args += ["--vllm-arg", f"{key}={json.dumps(ENGINE_ARGS[key])}"]
-    with ServerProcess(checkpoint, *args).start(timeout=900) as proc:
+    # the engine core runs in a process of its own (vLLM's AsyncLLM); its model runs there too ("uni")
+    args += ["--vllm-arg", "distributed_executor_backend=uni"]
+    proc = ServerProcess(checkpoint, *args).start(timeout=900)  # vLLM's start is slow on a busy 2-core box
+    try:
         yield proc
+    finally:
+        proc.stop()
 
 
 def expected_text(model, video, question, **sampling) -> str:

@@ -26,8 +26,9 @@ def free_port() -> int:
 class ServerProcess:
     """Start with `with ServerProcess(model, "--media-root", root) as server:`; `server.base_url` is the /v1 URL."""
 
-    def __init__(self, model: str | os.PathLike, *args: str, log: Path | None = None):
+    def __init__(self, model: str | os.PathLike, *args: str, log: Path | None = None, python: str | None = None):
         self.model, self.args = str(model), [str(a) for a in args]
+        self.python = python or sys.executable  # another environment's (e.g. the vLLM one's)
         if log is None:
             fd, name = tempfile.mkstemp(prefix="longvid-serve-", suffix=".log")
             os.close(fd)
@@ -55,7 +56,7 @@ class ServerProcess:
     def launch(self) -> ServerProcess:
         """Start the process without waiting (to start several servers side by side)."""
         self.port = free_port()
-        cmd = [sys.executable, "-m", "longvid", "serve", "--model", self.model, "--port", str(self.port), *self.args]
+        cmd = [self.python, "-m", "longvid", "serve", "--model", self.model, "--port", str(self.port), *self.args]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
