@@ -89,6 +89,24 @@ def test_concurrent_requests_batched_equal_one_at_a_time(llm, model, media):
     assert strip_stop(batched[1], model) == first
 
 
+def test_official_repetition_penalty_counts_generated_tokens_only(llm, model, media):
+    """The released generation config's penalty, as the official code applies it (generated tokens only),
+    through the plugin's logits processor: what `longvid serve --engine vllm` sends."""
+    from vllm import SamplingParams
+
+    from longvid.vllm.logits import KEY
+
+    penalised = model.ask(
+        media / "clip.mp4", QUESTIONS[0], max_new_tokens=24, num_frames=8, gen={"repetition_penalty": 2.0}
+    ).token_ids
+    plain = model.ask(media / "clip.mp4", QUESTIONS[0], max_new_tokens=24, num_frames=8, gen={"repetition_penalty": 1})
+    assert penalised != plain  # the penalty changes this model's answer
+    req = PromptBuilder(model).request(media / "clip.mp4", QUESTIONS[0], {"num_frames": 8})
+    params = SamplingParams(temperature=0.0, max_tokens=24, extra_args={KEY: 2.0})
+    out = llm.generate([req.prompt], params, use_tqdm=False)[0].outputs[0]
+    assert strip_stop(list(out.token_ids), model) == penalised
+
+
 def test_in_llm_token_dropping_is_refused_with_the_way_out(tmp_path):
     """vLLM's paged KV cache cannot drop rows between layers: such a config fails to load, saying why."""
     from longvid.tiny import make_checkpoint

@@ -52,6 +52,7 @@ def chat(server, media, question, nframes=8, **extra) -> httpx.Response:
         "repetition_penalty": 1.0,
         **extra,
     }
+    body = {k: v for k, v in body.items() if v is not None}
     return httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=300)
 
 
@@ -66,6 +67,20 @@ def test_video_url_answer_equals_longvid_engine(server, model, media):
     assert body["usage"]["completion_tokens"] == MAX_TOKENS
     assert body["usage"]["prompt_tokens_details"]["visual_tokens"] == 128
     assert body["longvid"]["plan"]["indices"] == [2, 7, 12, 17, 22, 27, 32, 37]
+
+
+def test_checkpoint_generation_defaults_as_longvid_engine(server, model, media):
+    """No sampling keys: the checkpoint's generation config (repetition_penalty 1.05, counted over the
+    generated tokens as the official code does) and the family's greedy default, on both engines."""
+    r = chat(server, media, QUESTIONS[1], max_tokens=24, temperature=None, repetition_penalty=None)
+    assert r.status_code == 200, r.text
+    answer = model.ask(media / "clip.mp4", QUESTIONS[1], max_new_tokens=24, num_frames=8)
+    stream = TextStream(model.tokenizer)
+    for token in answer.token_ids:
+        stream.push(token)
+    stream.flush()
+    assert model.generation.repetition_penalty == 1.05
+    assert r.json()["choices"][0]["message"]["content"] == stream.text
 
 
 def test_openai_client_streaming_and_concurrent_requests(server, model, media):

@@ -32,6 +32,7 @@ from ..serve.engine import ChatOutcome, ChatTask
 from ..serve.worker import JobControl
 from ..streaming import TextStream
 from .inputs import PromptBuilder, VLLMRequest
+from .logits import KEY
 
 
 class VLLMChatEngine:
@@ -73,7 +74,8 @@ class VLLMChatEngine:
             temperature=0.0 if cfg.greedy else cfg.temperature,
             top_p=1.0 if cfg.greedy else cfg.top_p,
             top_k=0 if cfg.greedy else max(cfg.top_k, 0),
-            repetition_penalty=cfg.repetition_penalty,
+            repetition_penalty=1.0,  # the official penalty counts generated tokens only: logits.py applies it
+            extra_args={KEY: cfg.repetition_penalty} if cfg.repetition_penalty != 1.0 else None,
             seed=cfg.seed,
             stop_token_ids=sorted(self.builder.model.stop_ids),
             skip_special_tokens=True,
