@@ -154,6 +154,7 @@ def measure(engine: str, model: Path, media: Path, video: dict, args, work: Path
         "rss_warm_mib": round(rss_warm / 2**20, 1),
         "rss_after_mib": round(rss_after / 2**20, 1),
         "checks": checks,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
@@ -164,13 +165,13 @@ def readme_table(data: dict) -> str:
         f"{s['clients']} clients, {s['requests']} requests, {s['frames']} frames and {s['max_tokens']} generated "
         f"tokens each, tiny random model (head_dim 32), {data['machine']}:",
         "",
-        "| engine | requests/s | p50 s | p95 s | tokens/s | server start s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | requests/s | p50 s | p95 s | tokens/s | answered | server start s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in engines.items():
         lines.append(
             f"| `--engine {name}` | {r['requests_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} "
-            f"| {r['tokens_per_s']:.1f} | {r['server_start_s']:.0f} |"
+            f"| {r['tokens_per_s']:.1f} | {r['statuses'].get('200', 0)}/{s['requests']} | {r['server_start_s']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -238,6 +239,9 @@ def main() -> int:
             console.print(f"{'PASS' if passed else 'FAIL'}  {engine}: {name}")
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.json.exists():  # a run of one engine keeps the other engine's last figures
+        kept = json.loads(args.json.read_text()).get("engines", {})
+        results = {**{k: v for k, v in kept.items() if k not in results}, **results}
     args.json.write_text(
         json.dumps(
             {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import io
 import ipaddress
 import os
@@ -565,3 +566,21 @@ def test_engine_on_the_tiny_model(tiny_model, short_video, tmp_path):
     control.cancel()
     with pytest.raises(Cancelled):
         chat(Media(short_video), control=control, num_frames=4)
+
+
+def test_serve_engine_flags_are_checked(tiny_checkpoint, capfd):
+    """--engine vllm's flags: refused in one line before anything loads (vLLM is not in this environment)."""
+    from longvid.cli import main
+
+    cases = [
+        (["--engine", "nope"], "--engine must be one of longvid, vllm"),
+        (["--tensor-parallel-size", "2"], "need --engine vllm"),
+        (["--engine", "vllm", "--tensor-parallel-size", "0"], "--tensor-parallel-size at least 1"),
+    ]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((["--engine", "vllm"], "--engine vllm needs vLLM: pip install 'longvid[vllm]'"))
+    for args, needle in cases:
+        code = main(["serve", "--model", str(tiny_checkpoint), *args])
+        err = capfd.readouterr().err
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err

@@ -142,7 +142,15 @@ def vllm_engine(model, sets, dtype, revision, tensor_parallel_size: int, engine_
     builder = load_model(model, sets, dtype, "cpu", revision, weights=False)
     if builder.family != "videochat_flash":
         raise ConfigError(f"--engine vllm serves VideoChat-Flash checkpoints; {builder.name} is {builder.family}")
-    return VLLMChatEngine(builder, tensor_parallel_size, **engine_args)
+    if builder.model.token_drop is not None:  # refused before vLLM starts its processes (model.py says why)
+        raise ConfigError(
+            "mm_llm_compress=true (in-LLM token dropping) is not supported by --engine vllm; serve with "
+            "--engine longvid, or add --set mm_llm_compress=false (answers then differ from the released model's)"
+        )
+    try:
+        return VLLMChatEngine(builder, tensor_parallel_size, **engine_args)
+    except (TypeError, ValueError) as e:  # an unknown or invalid --vllm-arg (pydantic errors are ValueErrors)
+        raise ConfigError(f"vLLM refused the engine arguments: {str(e).splitlines()[0]}") from None
 
 
 def json_error_protocol():
