@@ -163,12 +163,13 @@ def readme_table(data: dict) -> str:
     s, engines = data["settings"], data["engines"]
     lines = [
         f"{s['clients']} clients, {s['requests']} requests, {s['frames']} frames and {s['max_tokens']} generated "
-        f"tokens each, tiny random model (head_dim 32), {data['machine']}:",
+        f"tokens each, tiny random model (head_dim 32), {data['machine']} (shared with other jobs; each engine "
+        "measured at " + ", ".join(f"{k}: {v.get('measured', '?')}" for k, v in sorted(engines.items())) + "):",
         "",
         "| engine | requests/s | p50 s | p95 s | tokens/s | answered | server start s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in engines.items():
+    for name, r in sorted(engines.items()):  # longvid, vllm
         lines.append(
             f"| `--engine {name}` | {r['requests_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} "
             f"| {r['tokens_per_s']:.1f} | {r['statuses'].get('200', 0)}/{s['requests']} | {r['server_start_s']:.0f} |"
