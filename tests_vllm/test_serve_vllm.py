@@ -13,6 +13,21 @@ from longvid.serve.process import ServerProcess
 from longvid.streaming import TextStream
 
 
+# first, while no server runs: these need no engine
+def test_bad_configs_and_engine_arguments_are_refused_before_vllm_starts(checkpoint, tmp_path, capfd):
+    from conftest import tiny_config
+    from longvid.cli import main
+    from longvid.tiny import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "drop", tiny_config(mm_llm_compress=True))
+    code = main(["serve", "--model", str(folder), "--engine", "vllm"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--set mm_llm_compress=false" in err[0]
+    code = main(["serve", "--model", str(checkpoint), "--engine", "vllm", "--vllm-arg", "no_such_argument=1"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and "vLLM refused the engine arguments" in err[-1] and "no_such_argument" in err[-1]
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint, media):
     args = ["--engine", "vllm", "--media-root", media, "--frame-limit", "64", "--max-concurrency", "8"]
@@ -120,17 +135,3 @@ def test_limits_and_errors_are_the_servers(server, media):
     r = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60)
     assert r.status_code in (400, 404) and "error" in r.json()
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
-
-
-def test_bad_configs_and_engine_arguments_are_refused_before_vllm_starts(checkpoint, tmp_path, capfd):
-    from conftest import tiny_config
-    from longvid.cli import main
-    from longvid.tiny import make_checkpoint
-
-    folder = make_checkpoint(tmp_path / "drop", tiny_config(mm_llm_compress=True))
-    code = main(["serve", "--model", str(folder), "--engine", "vllm"])
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--set mm_llm_compress=false" in err[0]
-    code = main(["serve", "--model", str(checkpoint), "--engine", "vllm", "--vllm-arg", "no_such_argument=1"])
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2 and "vLLM refused the engine arguments" in err[-1] and "no_such_argument" in err[-1]
