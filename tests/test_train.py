@@ -722,11 +722,15 @@ def test_chat_time_message_is_the_inference_string():
 
 def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     stages = load_config(REPO / "examples/train/needle.yaml")
-    assert [s.name for s in stages] == ["see", "read", "bind", "short", "long"]
+    assert [s.name for s in stages] == ["see", "letters", "read", "short", "long"]
     see, stages = stages[0], stages[1:]
     assert see.model.init["tokenizer"] == "needle" and see.data.synthetic["task"] == "cards"
     assert see.lr("vision_tower") and not see.lr("llm")  # vision pre-training, then the tower stays frozen
     assert all(not s.lr("vision_tower") and s.lr("llm") for s in stages)
+    letters, stages = stages[0], stages[1:]  # text only: the LLM learns to answer by letter first
+    assert letters.data.synthetic["text"] == 1.0 and not letters.lr("projector") and letters.data.synthetic["lookup"]
+    # words only on neutral cards, so training never teaches which shape x colour pairs exist
+    assert all(s.data.synthetic["open"] == 0 and s.data.synthetic["neutral"] > 0 for s in stages)
     assert stages[0].data.labels == "answers"
     assert all(s.data.time_message == "chat" for s in stages)
     bounds = [s.data.synthetic["frames"] for s in stages]
