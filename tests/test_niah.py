@@ -14,12 +14,14 @@ from longvid.data.needles import (
     COLOURS,
     SHAPES,
     Needle,
+    article,
     combos,
     haystack,
     lookup_question,
     multi_hop_chain,
     needle_card,
     neutral_sample,
+    pointer_question,
     pretraining_colour,
     single_hop_question,
     text_sample,
@@ -65,6 +67,26 @@ def test_multi_hop_chain_points_to_the_next_card():
     assert chain.questions[0].question.startswith(
         f"Find the frame of a{'n' if chain.cards[0].shape[0] in 'aeiou' else ''} "
         f"{chain.cards[0].shape}. Locate the final frame"
+    )
+
+
+def test_chain_samples_ask_both_questions_first_and_read_icons():
+    firsts, icons = set(), 0
+    for seed in range(12):
+        _, questions = training_sample(6, np.random.default_rng(seed), 32, hops=3, distractors=1, pointer=0.5)
+        firsts.add(questions[0].kind)
+        assert [q.kind for q in questions[:2]] in (["caption", "color"], ["color", "caption"])
+        if len(questions) == 3:
+            icons += 1
+            q = questions[2]
+            assert q.kind == "pointer-word" and q.question.endswith("What shape is the icon on it?")
+            assert q.answer.removeprefix("It is ").removeprefix("an ").removeprefix("a ").rstrip(".") in SHAPES
+    assert firsts == {"caption", "color"} and 2 <= icons <= 10
+    card = multi_hop_chain(3, np.random.default_rng(0)).cards[0]
+    q = pointer_question(card)
+    assert (
+        q.question.startswith(f"Find the frame of {article(card.shape)}.")
+        and q.answer == f"It is {article(card.pointer)}."
     )
 
 

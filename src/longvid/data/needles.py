@@ -331,6 +331,17 @@ def multi_hop_chain(hops: int, rng: np.random.Generator, split: str = "train") -
     )
 
 
+def pointer_question(card: Needle) -> NeedleQuestion:
+    """Training only: one hop of a chain alone, in words. A chain question hides three lookups behind one
+    letter; this asks the first of them (which shape the card's icon names) directly."""
+    assert card.pointer is not None
+    return NeedleQuestion(
+        f"Find the frame of {article(card.shape)}. What shape is the icon on it?",
+        f"It is {article(card.pointer)}.",
+        "pointer-word",
+    )
+
+
 def random_needle(rng: np.random.Generator, split: str = "train") -> Needle:
     pool = combos(split)
     shape, colour = pool[int(rng.integers(0, len(pool)))]
@@ -430,12 +441,15 @@ def training_sample(
     open_ratio: float = 0.0,
     jitter: float = 0.0,
     neutral: float = 0.0,
+    pointer: float = 0.0,
 ) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
 
     Single-hop samples get `turns` questions (1 to `turns`), each about one of the cards, a fraction
-    `open_ratio` of them answered in one word instead of a letter."""
+    `open_ratio` of them answered in one word instead of a letter. A chain gets its two questions in random
+    order (the second is nearly free once the first is answered, so each must come first as often), and
+    for a fraction `pointer` of chains a last one reading a card's icon (`pointer_question`)."""
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
     if hops <= 1 and rng.random() < neutral:
@@ -445,15 +459,15 @@ def training_sample(
         cards = [random_needle(rng, split)]
     else:
         chain = multi_hop_chain(hops, rng, split)
-        cards, questions = list(chain.cards), chain.questions
+        cards, questions = list(chain.cards), [chain.questions[i] for i in rng.permutation(len(chain.questions))]
     used_shapes, used_colours = {c.shape for c in cards}, {c.colour for c in cards}
     for _ in range(int(rng.integers(0, distractors + 1))):
         free = [(s, c) for s, c in combos(split) if s not in used_shapes and c not in used_colours]
         if not free:
             break
         shape, colour = free[int(rng.integers(0, len(free)))]
-        pointer = SHAPES[int(rng.integers(0, len(SHAPES)))] if hops > 1 else None
-        cards.append(Needle(shape, colour, pointer if pointer != shape else None))
+        icon = SHAPES[int(rng.integers(0, len(SHAPES)))] if hops > 1 else None
+        cards.append(Needle(shape, colour, icon if icon != shape else None))
         used_shapes.add(shape)
         used_colours.add(colour)
     if hops <= 1:
@@ -464,6 +478,9 @@ def training_sample(
                 questions.append(open_question(card, rng))
             else:
                 questions.append(single_hop_question(card, rng, split))
+    elif rng.random() < pointer:
+        with_icon = [c for c in cards if c.pointer is not None]
+        questions.append(pointer_question(with_icon[int(rng.integers(0, len(with_icon)))]))
     card_frames = [[needle_card(c, size, int(rng.integers(0, 2**31)), jitter=jitter)] * repeat for c in cards]
     positions = [int(p) for p in rng.integers(0, num_frames + 1, len(cards))]
     return np.stack(insert(hay, card_frames, positions)), questions
@@ -513,6 +530,7 @@ def write_training_set(
     lookup: float = 0.0,
     jitter: float = 0.0,
     neutral: float = 0.0,
+    pointer: float = 0.0,
 ) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
@@ -528,7 +546,9 @@ def write_training_set(
         else:
             n = int(rng.integers(frames[0], frames[1] + 1))
             k = hops[int(rng.integers(0, len(hops)))]
-            video, questions = training_sample(n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral)
+            video, questions = training_sample(
+                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral, pointer
+            )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)
             first, media = "<image>\n", {"video": name, "fps": 1.0}

@@ -48,6 +48,7 @@ NEEDLE_DEFAULTS: dict[str, Any] = {
     "lookup": 0.0,
     "jitter": 0.0,
     "neutral": 0.0,
+    "pointer": 0.0,
     "hops": [1],
     "split": "train",
     "seed": 0,
@@ -127,6 +128,7 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             float(spec["lookup"]),
             float(spec["jitter"]),
             float(spec["neutral"]),
+            float(spec["pointer"]),
         )
         return
     from PIL import Image
