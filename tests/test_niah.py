@@ -148,6 +148,21 @@ def test_neutral_cards_show_one_attribute_alone():
     assert 0 < np.abs(painted - np.array(COLOURS["orange"])).max() <= 24
     video, questions = training_sample(12, np.random.default_rng(0), 32, neutral=1.0)
     assert len(questions) == 1 and questions[0].question.startswith("Find the frame of a card.")
+    # by letter: every shape (colour) can be a wrong option, and the words are what the card shows
+    offered, kinds = set(), set()
+    for _ in range(60):
+        card, q = neutral_sample(rng, 64, letters=0.5)
+        kinds.add(q.kind)
+        if q.kind in ("shape", "color"):
+            options = _options_of(q.question)
+            offered |= set(options)
+            paint = card[~(card == CARD).all(-1) & ~(card == BORDER).all(-1)]
+            truth = options[ord(q.answer) - 65]
+            if q.kind == "color":
+                assert tuple(paint[0]) == COLOURS[truth]
+            else:
+                assert truth in SHAPES and np.linalg.norm(named - paint[0].astype(int), axis=1).min() > 40
+    assert kinds == {"shape", "color", "shape-word", "color-word"} and offered == set(SHAPES) | set(COLOURS)
 
 
 def test_letter_match():

@@ -268,24 +268,34 @@ def lookup_question(needle: Needle, rng: np.random.Generator, split: str = "all"
     return NeedleQuestion(_format(f"The answer is {value}.", options), letter, "lookup")
 
 
-def neutral_sample(rng: np.random.Generator, size: int = 64, jitter: float = 0.0) -> tuple[np.ndarray, NeedleQuestion]:
-    """Training only: a card that shows one attribute alone, asked in words without naming the other one: one of
-    the eight shapes in an unnamed colour (`pretraining_colour`), or a shapeless blob in a named colour.
+def neutral_sample(
+    rng: np.random.Generator, size: int = 64, jitter: float = 0.0, letters: float = 0.0
+) -> tuple[np.ndarray, NeedleQuestion]:
+    """Training only: a card that shows one attribute alone, asked without naming the other one: one of the
+    eight shapes in an unnamed colour (`pretraining_colour`), or a shapeless blob in a named colour.
 
     Words asked about named pairs ("What shape is on the red card?" -> "It is a star.") teach that a red card
     never holds the shapes red is held out with, and that answers every held-out needle wrongly; on these
-    cards each attribute is read with nothing else to lean on."""
+    cards each attribute is read with nothing else to lean on. A fraction `letters` is asked by letter, with
+    wrong options from every shape (colour): on named cards training can never offer a circle for a blue card,
+    so a held-out blue circle met "circle" and "ring" side by side for the first time (and said ring in 3 of 8
+    where the words said circle in 8 of 8)."""
+    by_letter = letters > 0 and rng.random() < letters  # no draw at 0: earlier stages' data stay as they were
     if rng.random() < 0.5:
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
         card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=pretraining_colour(rng))
-        return card, NeedleQuestion(
-            "Find the frame of a card. What shape is on the card?", f"It is {article(shape)}.", "shape-word"
-        )
+        prefix = "Find the frame of a card. What shape is on the card?"
+        if by_letter:
+            options, letter = _options(shape, list(SHAPES), rng)
+            return card, NeedleQuestion(_format(prefix, options), letter, "shape")
+        return card, NeedleQuestion(prefix, f"It is {article(shape)}.", "shape-word")
     colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
     card = needle_card(Needle("blob", colour), size, int(rng.integers(0, 2**31)), jitter=jitter)
-    return card, NeedleQuestion(
-        "Find the frame of a card. What is the color of the shape?", f"It is {colour}.", "color-word"
-    )
+    prefix = "Find the frame of a card. What is the color of the shape?"
+    if by_letter:
+        options, letter = _options(colour, list(COLOURS), rng)
+        return card, NeedleQuestion(_format(prefix, options), letter, "color")
+    return card, NeedleQuestion(prefix, f"It is {colour}.", "color-word")
 
 
 @dataclass
@@ -442,6 +452,7 @@ def training_sample(
     jitter: float = 0.0,
     neutral: float = 0.0,
     pointer: float = 0.0,
+    neutral_letters: float = 0.0,
 ) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
@@ -453,7 +464,7 @@ def training_sample(
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
     if hops <= 1 and rng.random() < neutral:
-        card, question = neutral_sample(rng, size, jitter)
+        card, question = neutral_sample(rng, size, jitter, neutral_letters)
         return np.stack(insert(hay, [[card] * repeat], [int(rng.integers(0, num_frames + 1))])), [question]
     if hops <= 1:
         cards = [random_needle(rng, split)]
@@ -531,6 +542,7 @@ def write_training_set(
     jitter: float = 0.0,
     neutral: float = 0.0,
     pointer: float = 0.0,
+    neutral_letters: float = 0.0,
 ) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
@@ -547,7 +559,7 @@ def write_training_set(
             n = int(rng.integers(frames[0], frames[1] + 1))
             k = hops[int(rng.integers(0, len(hops)))]
             video, questions = training_sample(
-                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral, pointer
+                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral, pointer, neutral_letters
             )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)

@@ -49,6 +49,7 @@ NEEDLE_DEFAULTS: dict[str, Any] = {
     "jitter": 0.0,
     "neutral": 0.0,
     "pointer": 0.0,
+    "neutral_letters": 0.0,
     "hops": [1],
     "split": "train",
     "seed": 0,
@@ -129,6 +130,7 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             float(spec["jitter"]),
             float(spec["neutral"]),
             float(spec["pointer"]),
+            float(spec["neutral_letters"]),
         )
         return
     from PIL import Image
