@@ -559,7 +559,18 @@ def write_training_set(
             n = int(rng.integers(frames[0], frames[1] + 1))
             k = hops[int(rng.integers(0, len(hops)))]
             video, questions = training_sample(
-                n, rng, size, k, split, distractors, turns, open_ratio, jitter, neutral, pointer, neutral_letters
+                n,
+                rng,
+                size,
+                k,
+                split,
+                distractors=distractors,
+                turns=turns,
+                open_ratio=open_ratio,
+                jitter=jitter,
+                neutral=neutral,
+                pointer=pointer,
+                neutral_letters=neutral_letters,
             )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)
