@@ -1,8 +1,8 @@
 """The bundled model reads held-out needle cards, finds one in a 250-frame haystack and follows a chain
 of three, where the same architecture with random weights scores 0 (so these tests can fail).
 
-The thresholds pin what the shipped model measured on this seed (11 of 12 at 8 frames, 5 of 6 at 250
-frames, 7 of 8 chain questions; chance is 1 in 4) with one question of margin;
+The thresholds pin what the shipped model measured on this seed (12 of 12 at 8 frames, 5 of 6 at 250
+frames, 6 of 8 chain questions; chance is 1 in 4) with one question of margin;
 benchmarks/results/niah.json has the full grid (20 needles per length there)."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def accuracy(
 def test_reads_held_out_cards_at_8_frames(bundled, random_twin):
     acc, kinds = accuracy(bundled, 8, [0.0, 0.5, 1.0], 4)
     assert kinds == {"shape", "color"}
-    assert acc >= 10 / 12
+    assert acc >= 11 / 12
     assert accuracy(random_twin, 8, [0.0, 0.5, 1.0], 4)[0] <= 0.25
 
 
@@ -69,5 +69,5 @@ def test_finds_a_held_out_needle_in_250_frames(bundled, random_twin):
 def test_follows_a_held_out_three_card_chain(bundled, random_twin):
     acc, kinds = accuracy(bundled, 12, [None], 4, hops=3)  # 4 chains of held-out cards, 2 questions each
     assert kinds == {"caption", "color"}
-    assert acc >= 6 / 8
+    assert acc >= 5 / 8
     assert accuracy(random_twin, 12, [None], 4, hops=3)[0] <= 0.25
