@@ -12,6 +12,7 @@ from longvid.data.needles import (
     BORDER,
     CARD,
     COLOURS,
+    LOOKALIKES,
     SHAPES,
     Needle,
     article,
@@ -163,6 +164,15 @@ def test_neutral_cards_show_one_attribute_alone():
             else:
                 assert truth in SHAPES and np.linalg.norm(named - paint[0].astype(int), axis=1).min() > 40
     assert kinds == {"shape", "color", "shape-word", "color-word"} and offered == set(SHAPES) | set(COLOURS)
+    # look-alikes: a circle asked by letter is always offered with a ring
+    shapes = 0
+    for _ in range(40):
+        card, q = neutral_sample(rng, 64, letters=1.0, lookalike=1.0)
+        if q.kind == "shape":
+            shapes += 1
+            options = _options_of(q.question)
+            assert LOOKALIKES[options[ord(q.answer) - 65]] in options and len(set(options)) == 4
+    assert shapes > 10 and all(LOOKALIKES[LOOKALIKES[s]] == s for s in SHAPES)
 
 
 def test_letter_match():

@@ -34,6 +34,17 @@ COLOURS = {
     "pink": (245, 125, 190),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "bar")
+# the shape each is most often taken for (a linear probe on the tower's tokens, and the model's own mistakes)
+LOOKALIKES = {
+    "circle": "ring",
+    "ring": "circle",
+    "star": "cross",
+    "cross": "star",
+    "square": "diamond",
+    "diamond": "square",
+    "triangle": "bar",
+    "bar": "triangle",
+}
 LETTERS = "ABCD"
 OPTION_MARKERS = tuple(f"({letter})" for letter in LETTERS)  # whole tokens in the tiny model's tokenizer
 CARD = (238, 236, 226)
@@ -191,9 +202,13 @@ def combos(split: str = "train") -> list[tuple[str, str]]:
     return out
 
 
-def _options(correct: str, pool: list[str], rng: np.random.Generator) -> tuple[list[str], str]:
-    others = [p for p in pool if p != correct]
-    picks = [correct] + [others[i] for i in rng.choice(len(others), 3, replace=False)]
+def _options(
+    correct: str, pool: list[str], rng: np.random.Generator, include: str | None = None
+) -> tuple[list[str], str]:
+    """`correct` and three wrong options from `pool` (one of them `include` when given), shuffled."""
+    others = [p for p in pool if p not in (correct, include)]
+    picks = [correct] + ([include] if include else [])
+    picks += [others[i] for i in rng.choice(len(others), 4 - len(picks), replace=False)]
     order = rng.permutation(4)
     options = [picks[i] for i in order]
     return options, LETTERS[options.index(correct)]
@@ -269,7 +284,7 @@ def lookup_question(needle: Needle, rng: np.random.Generator, split: str = "all"
 
 
 def neutral_sample(
-    rng: np.random.Generator, size: int = 64, jitter: float = 0.0, letters: float = 0.0
+    rng: np.random.Generator, size: int = 64, jitter: float = 0.0, letters: float = 0.0, lookalike: float = 0.0
 ) -> tuple[np.ndarray, NeedleQuestion]:
     """Training only: a card that shows one attribute alone, asked without naming the other one: one of the
     eight shapes in an unnamed colour (`pretraining_colour`), or a shapeless blob in a named colour.
@@ -279,14 +294,18 @@ def neutral_sample(
     cards each attribute is read with nothing else to lean on. A fraction `letters` is asked by letter, with
     wrong options from every shape (colour): on named cards training can never offer a circle for a blue card,
     so a held-out blue circle met "circle" and "ring" side by side for the first time (and said ring in 3 of 8
-    where the words said circle in 8 of 8)."""
+    where the words said circle in 8 of 8). A fraction `lookalike` of the shapes asked by letter has the
+    shape's look-alike among the wrong options (a circle is then always offered with a ring): the only
+    mistakes left on held-out cards were circle <-> ring, the pair that colour tells apart in training
+    (every colour shows exactly one of the two), so the difference has to be learned where it is allowed."""
     by_letter = letters > 0 and rng.random() < letters  # no draw at 0: earlier stages' data stay as they were
     if rng.random() < 0.5:
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
         card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=pretraining_colour(rng))
         prefix = "Find the frame of a card. What shape is on the card?"
         if by_letter:
-            options, letter = _options(shape, list(SHAPES), rng)
+            near = LOOKALIKES[shape] if lookalike > 0 and rng.random() < lookalike else None
+            options, letter = _options(shape, list(SHAPES), rng, include=near)
             return card, NeedleQuestion(_format(prefix, options), letter, "shape")
         return card, NeedleQuestion(prefix, f"It is {article(shape)}.", "shape-word")
     colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
@@ -453,6 +472,7 @@ def training_sample(
     neutral: float = 0.0,
     pointer: float = 0.0,
     neutral_letters: float = 0.0,
+    lookalike: float = 0.0,
 ) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
@@ -464,7 +484,7 @@ def training_sample(
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
     if hops <= 1 and rng.random() < neutral:
-        card, question = neutral_sample(rng, size, jitter, neutral_letters)
+        card, question = neutral_sample(rng, size, jitter, neutral_letters, lookalike)
         return np.stack(insert(hay, [[card] * repeat], [int(rng.integers(0, num_frames + 1))])), [question]
     if hops <= 1:
         cards = [random_needle(rng, split)]
@@ -543,6 +563,7 @@ def write_training_set(
     neutral: float = 0.0,
     pointer: float = 0.0,
     neutral_letters: float = 0.0,
+    lookalike: float = 0.0,
 ) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
@@ -571,6 +592,7 @@ def write_training_set(
                 neutral=neutral,
                 pointer=pointer,
                 neutral_letters=neutral_letters,
+                lookalike=lookalike,
             )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)

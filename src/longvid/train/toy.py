@@ -50,6 +50,7 @@ NEEDLE_DEFAULTS: dict[str, Any] = {
     "neutral": 0.0,
     "pointer": 0.0,
     "neutral_letters": 0.0,
+    "lookalike": 0.0,
     "hops": [1],
     "split": "train",
     "seed": 0,
@@ -131,6 +132,7 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             neutral=float(spec["neutral"]),
             pointer=float(spec["pointer"]),
             neutral_letters=float(spec["neutral_letters"]),
+            lookalike=float(spec["lookalike"]),
         )
         return
     from PIL import Image
