@@ -53,6 +53,7 @@ def test_masked_blocks_stay_under_the_budget_whatever_the_context(monkeypatch):
         sizes.append(0 if attn_mask is None else attn_mask.numel())
         return real(q, k, v, attn_mask=attn_mask, **kw)
 
+    monkeypatch.setattr(qwen2, "_FLASH_CPU", None)  # the masked path (GPU, or a torch without the CPU kernel)
     monkeypatch.setattr(qwen2, "ATTN_BLOCK_ELEMENTS", 600)
     monkeypatch.setattr(qwen2.F, "scaled_dot_product_attention", spy)
     for n_past in (10, 100, 290):
@@ -63,6 +64,35 @@ def test_masked_blocks_stay_under_the_budget_whatever_the_context(monkeypatch):
         rows = max(1, 600 // (n_past + 30))  # 15, 4, 1 (single rows need no mask)
         assert len(sizes) == math.ceil(30 / rows) and max(sizes) <= 600
         assert (max(sizes) > 0) == (rows > 1)
+
+
+@pytest.mark.skipif(qwen2._FLASH_CPU is None, reason="this torch has no CPU flash kernel with log-sum-exp")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("n_past,n", [(1, 9), (13, 23), (300, 40)])
+def test_split_attention_equals_masked_blocks_without_a_mask(monkeypatch, dtype, tol, n_past, n):
+    """Queries after cached keys: two unmasked flash calls merged by log-sum-exp equal the masked blocks,
+    and no mask is built; with gradients on, the masked path runs (the log-sum-exp has no gradient)."""
+    g = torch.Generator().manual_seed(n_past + n)
+    q = torch.randn(1, 4, n, 16, generator=g)
+    k, v = torch.randn(1, 2, n_past + n, 16, generator=g), torch.randn(1, 2, n_past + n, 16, generator=g)
+    masks = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, attn_mask=None, **kw):
+        masks.append(attn_mask)
+        return real(*a, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(qwen2.F, "scaled_dot_product_attention", spy)
+    out = qwen2.attention(q.to(dtype), k.to(dtype), v.to(dtype), n_past)
+    assert out.dtype == dtype and masks == []
+    torch.testing.assert_close(out.float(), reference_attention(q, k, v, n_past), atol=tol, rtol=tol)
+    q.requires_grad_(True)
+    out = qwen2.attention(q, k, v, n_past)
+    assert masks and masks[-1] is not None  # the masked blocks, whose gradient is right
+    out.sum().backward()
+    ref = q.detach().clone().requires_grad_(True)
+    reference_attention(ref, k, v, n_past).sum().backward()
+    torch.testing.assert_close(q.grad, ref.grad, atol=1e-5, rtol=1e-4)
 
 
 def tiny_llm(chunk: int, **extra) -> Qwen2ForCausalLM:
@@ -226,7 +256,8 @@ def spy_masks(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("family", ["videochat_flash", "video_xl"])
 def test_long_question_after_a_video_never_builds_a_full_mask(monkeypatch, tiny_model, video_xl, family):
     """The path of the 1.95 GB / 18.5 GB reports: a long question after a cached video prefix. Every mask the
-    model builds stays under the block budget, and the answer's logits are those of the unbudgeted run."""
+    model builds stays under the block budget (on CPU it builds none), and the answer's logits are those of
+    the unbudgeted run."""
     model = tiny_model if family == "videochat_flash" else video_xl
     g = torch.Generator().manual_seed(8)
     visual = torch.randn(48, model.config.llm.hidden_size, generator=g) * 0.02
@@ -234,10 +265,17 @@ def test_long_question_after_a_video_never_builds_a_full_mask(monkeypatch, tiny_
     plan = longvid.video.SamplingPlan(list(range(3)), 1.0, 3.0, 3)
     ids = model.prompt_ids(model.conversation(question, plan))
     assert len(ids) > 150
+    kernel = qwen2._FLASH_CPU
     with torch.no_grad():
         ref = model.prefill(ids, visual, model.new_cache())
         monkeypatch.setattr(qwen2, "ATTN_BLOCK_ELEMENTS", 10000)
         sizes = spy_masks(monkeypatch)
+        split = model.prefill(ids, visual, model.new_cache())
+        split_sizes, sizes[:] = list(sizes), []
+        monkeypatch.setattr(qwen2, "_FLASH_CPU", None)  # the masked blocks (GPU, or no CPU flash kernel)
         got = model.prefill(ids, visual, model.new_cache())
     assert max(sizes) <= 10000 and max(sizes) > 0 and len(sizes) > 10
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if kernel is not None:  # on CPU the question attends to the cached video through no mask at all
+        assert max(split_sizes) == 0
+    torch.testing.assert_close(split, ref, atol=1e-5, rtol=1e-5)
