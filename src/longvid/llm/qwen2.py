@@ -299,7 +299,8 @@ def _split_attention(q, k, v, n_past: int) -> torch.Tensor:
     """Queries after cached keys without any mask: two flash calls, the queries over the cached keys (all
     visible) and over the new square (causal), merged by their log-sum-exp. Softmax over the union of two key
     sets is the two partial results weighted by their mass, e^lse1 : e^lse2, i.e. sigmoid(lse1 - lse2). Equal to
-    the masked blocks up to rounding; nothing of size rows x keys is stored, and it is 1.6-2x faster on CPU."""
+    the masked blocks up to rounding and nothing of size rows x keys is stored; a 65k-token question after a
+    video prefills 1.6x faster than through the masked blocks (benchmarks/long_prompt.py)."""
     past, past_lse = _FLASH_CPU(q, k[:, :, :n_past], v[:, :, :n_past], 0.0, False)[:2]
     new, new_lse = _FLASH_CPU(q, k[:, :, n_past:], v[:, :, n_past:], 0.0, True)[:2]
     weight = torch.sigmoid(past_lse - new_lse).unsqueeze(-1)  # [B, H, n, 1], float32
