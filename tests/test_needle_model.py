@@ -2,7 +2,7 @@
 of three, where the same architecture with random weights scores 0 (so these tests can fail).
 
 The thresholds pin what the shipped model measured on this seed (12 of 12 at 8 frames, 5 of 6 at 250
-frames, 6 of 8 chain questions; chance is 1 in 4) with one question of margin;
+frames, 5 of 8 chain questions; chance is 1 in 4) with one question of margin;
 benchmarks/results/niah.json has the full grid (20 needles per length there)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from longvid.checkpoint import read_config, save_checkpoint
 from longvid.models import build, release_state
 from longvid.niah.harness import Haystack, NiahSettings, make_trial, run_trial
 
-SEED = 4242  # never used in training (the recipe's data seeds are 0-5)
+SEED = 4242  # never used in training (the recipe's data seeds are 0-6)
 
 
 @pytest.fixture(scope="module")
@@ -69,5 +69,5 @@ def test_finds_a_held_out_needle_in_250_frames(bundled, random_twin):
 def test_follows_a_held_out_three_card_chain(bundled, random_twin):
     acc, kinds = accuracy(bundled, 12, [None], 4, hops=3)  # 4 chains of held-out cards, 2 questions each
     assert kinds == {"caption", "color"}
-    assert acc >= 5 / 8
+    assert acc >= 4 / 8
     assert accuracy(random_twin, 12, [None], 4, hops=3)[0] <= 0.25
