@@ -722,7 +722,7 @@ def test_chat_time_message_is_the_inference_string():
 
 def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     stages = load_config(REPO / "examples/train/needle.yaml")
-    assert [s.name for s in stages] == ["see", "letters", "read", "short", "hops", "long"]
+    assert [s.name for s in stages] == ["see", "letters", "read", "short", "hops", "long", "long2"]
     see, stages = stages[0], stages[1:]
     assert see.model.init["tokenizer"] == "needle" and see.data.synthetic["task"] == "cards"
     assert see.lr("vision_tower") and not see.lr("llm")  # vision pre-training, then the tower stays frozen
@@ -735,7 +735,8 @@ def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     assert all(s.data.time_message == "chat" for s in stages)
     bounds = [s.data.synthetic["frames"] for s in stages]
     assert bounds[0] == [0, 8] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
-    assert bounds[-1][1] == max(b[1] for b in bounds) > 10 * bounds[-2][1]  # short videos first, then long
+    assert bounds[-1] == bounds[-2] and bounds[-1][1] == max(b[1] for b in bounds) > 10 * bounds[-3][1]  # then long
+    assert stages[-1].lr("llm") < stages[-2].lr("llm")  # long2: more of the long videos at a lower rate
     hops = [s for s in stages if s.name == "hops"][0].data.synthetic  # chains, with their hops asked one by one
     assert hops["pointer"] > 0 and sum(k > 1 for k in hops["hops"]) > len(hops["hops"]) / 2
-    assert stages[-1].model.set == {"use_pos_skipping": True}
+    assert stages[-2].model.set == {"use_pos_skipping": True} and not stages[-1].model.set  # kept in long2
