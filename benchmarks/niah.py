@@ -27,11 +27,10 @@ README = HERE.parent / "README.md"
 START, END = "<!-- niah:start -->", "<!-- niah:end -->"
 
 
-def by_kind(trials_path: Path) -> dict[str, dict[str, float]]:
-    """Accuracy per (frames, question kind) from trials.jsonl."""
+def by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Accuracy per (frames, question kind) from the trial records."""
     out: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    for line in trials_path.read_text().splitlines():
-        record = json.loads(line)
+    for record in records:
         for q in record["questions"]:
             out[str(record["frames"])][q["kind"]].append(q["correct"])
     return {f: {k: sum(v) / len(v) for k, v in kinds.items()} for f, kinds in out.items()}
@@ -41,13 +40,9 @@ def run_part(model, name: str, settings, out: Path) -> dict:
     from longvid.niah.harness import run_niah
 
     summary = run_niah(model, settings, out / name, progress=sys.stderr.isatty())
-    trials = [json.loads(line) for line in (out / name / "trials.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / name / "trials.jsonl").read_text().splitlines()]
     # the trials' own times, so a resumed run still reports what the whole part cost
-    return {
-        "summary": summary,
-        "by_kind": by_kind(out / name / "trials.jsonl"),
-        "seconds": round(sum(r["seconds"] for r in trials), 1),
-    }
+    return {"summary": summary, "by_kind": by_kind(records), "seconds": round(sum(r["seconds"] for r in records), 1)}
 
 
 def table(results: dict) -> str:
