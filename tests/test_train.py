@@ -39,7 +39,7 @@ from longvid.train.data import (
     with_image_first,
 )
 from longvid.train.lora import base_name, is_lora_key
-from longvid.train.toy import generate
+from longvid.train.toy import generate, synthetic_specs
 
 TINY_INIT = {
     "vocab_size": 512,
@@ -713,6 +713,27 @@ def test_needle_task_trains_with_its_tokenizer_and_position_skipping(tmp_path):
     assert module.skipped_positions(100, "cpu") is None
 
 
+def test_a_stage_mixes_generated_sets(tmp_path):
+    """`synthetic: [a, b]` trains on both sets' records as one dataset (each set generated once into its own
+    folder): 8 + 8 records fill a batch of 12 that neither fills alone; the cards task does not mix."""
+    init = {**TINY_INIT, "tokenizer": "needle"}
+    short = {"task": "needle", "samples": 8, "frames": [2, 4], "seed": 1}
+    text = {"task": "needle", "samples": 8, "text": 1.0, "seed": 2}
+    changes = {"model": {"init": init}, "optim": {"max_steps": 1, "global_batch_size": 12, "micro_batch_size": 4}}
+    cfg = write_config(tmp_path, {**changes, "data": {"time_message": "chat", "synthetic": [short, text]}})
+    out = tmp_path / "run"
+    train(cfg, output=str(out))
+    assert [m["step"] for m in metrics(out)] == [1] and np.isfinite(losses(out)[0])
+    sets = sorted(len(p.read_text().splitlines()) for p in (out / "data").glob("synthetic-*/records.jsonl"))
+    assert sets == [8, 8]
+    lonely = write_config(tmp_path, {**changes, "data": {"time_message": "chat", "synthetic": [short]}}, "one.yaml")
+    with pytest.raises(InputError, match="fewer than global_batch_size 12"):
+        train(lonely, output=str(tmp_path / "one"))
+    cards = write_config(tmp_path, {**changes, "data": {"synthetic": [{"task": "cards"}, text]}}, "cards.yaml")
+    with pytest.raises(ConfigError, match="cannot be mixed"):
+        train(cards, output=str(tmp_path / "cards"))
+
+
 def test_chat_time_message_is_the_inference_string():
     msg = time_message(8.0, 8)
     words = "The video lasts for 8.00 seconds, and 8 frames are uniformly sampled from it."
@@ -729,11 +750,12 @@ def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     assert all(not s.lr("vision_tower") and s.lr("llm") for s in stages)
     letters, stages = stages[0], stages[1:]  # text only: the LLM learns to answer by letter first
     assert letters.data.synthetic["text"] == 1.0 and not letters.lr("projector") and letters.data.synthetic["lookup"]
+    sets = {s.name: synthetic_specs(s.data.synthetic) for s in stages}
     # words only on neutral cards, so training never teaches which shape x colour pairs exist
-    assert all(s.data.synthetic["open"] == 0 and s.data.synthetic["neutral"] > 0 for s in stages)
+    assert all(d["open"] == 0 and d["neutral"] > 0 for s in stages for d in sets[s.name])
     assert stages[0].data.labels == "answers"
     assert all(s.data.time_message == "chat" for s in stages)
-    bounds = [s.data.synthetic["frames"] for s in stages]
+    bounds = [sets[s.name][0]["frames"] for s in stages]  # long2: its first set, the long videos
     assert bounds[0] == [0, 8] and bounds[-1][1] <= 512 == stages[-1].data.frames_upbound  # the paper's bound
     assert bounds[-1] == bounds[-2] and bounds[-1][1] == max(b[1] for b in bounds) > 10 * bounds[-3][1]  # then long
     assert stages[-1].lr("llm") < stages[-2].lr("llm")  # long2: more of the long videos at a lower rate

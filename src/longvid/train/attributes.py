@@ -45,8 +45,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def is_cards(synthetic: dict[str, Any] | None) -> bool:
-    return bool(synthetic) and synthetic.get("task") == "cards"
+def is_cards(synthetic: dict[str, Any] | list[dict[str, Any]] | None) -> bool:
+    return isinstance(synthetic, dict) and synthetic.get("task") == "cards"
 
 
 def cards_spec(synthetic: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,8 @@ class DataFile:
 class DataSpec:
     files: list[DataFile] = field(default_factory=list)
     root: str = "."
-    synthetic: dict[str, Any] | None = None  # generated toy data, see longvid.train.toy
+    # generated toy data (see longvid.train.toy); a list mixes several generated sets in one stage
+    synthetic: dict[str, Any] | list[dict[str, Any]] | None = None
     frames_lowbound: int = 0
     frames_upbound: int = 512
     sample: str = (

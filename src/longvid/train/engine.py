@@ -52,7 +52,7 @@ from .distributed import Dist
 from .lora import inject, merge
 from .metrics import MetricsLog
 from .module import LoadedModel, TrainingModule, load_for_training, resolution_overrides, trained_state
-from .toy import folder_for, generate
+from .toy import folder_for, generate, synthetic_specs
 
 FINAL_STATE = "trainer_state.json"
 
@@ -215,10 +215,10 @@ class StageRunner:
         """Every record of the stage, validated up front (a malformed one stops the run here)."""
         spec = self.stage.data
         records = []
-        if spec.synthetic is not None:
-            folder = folder_for(self.run_dir / "data", spec.synthetic)
+        for synthetic in synthetic_specs(spec.synthetic):
+            folder = folder_for(self.run_dir / "data", synthetic)
             if self.dist.is_main:
-                generate(folder, spec.synthetic)
+                generate(folder, synthetic)
             self.dist.barrier()
             records += read_records(folder / "records.jsonl", folder)
         for f in spec.files:

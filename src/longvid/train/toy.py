@@ -105,6 +105,15 @@ def generate(folder: Path, synthetic: dict[str, Any]) -> Path:
     return folder / "records.jsonl"
 
 
+def synthetic_specs(synthetic: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """A stage's generated sets: none, one, or a mixture (their records concatenated, then shuffled by the
+    sampler as one dataset)."""
+    specs = [] if synthetic is None else [synthetic] if isinstance(synthetic, dict) else list(synthetic)
+    if isinstance(synthetic, list) and any(s.get("task") == "cards" for s in specs):
+        raise ConfigError("data.synthetic: task cards (vision pre-training) cannot be mixed with other sets")
+    return specs
+
+
 def folder_for(base: Path, synthetic: dict[str, Any]) -> Path:
     """A folder per distinct spec, so stages with the same synthetic data share it."""
     key = hashlib.sha1(json.dumps(spec_of(synthetic), sort_keys=True).encode()).hexdigest()[:10]
