@@ -13,7 +13,17 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 # gpu_scaling: by name, on a GPU
-BENCHMARKS = ["video_io", "chat_latency", "video_xl", "serve_load", "long_prompt", "scaling", "niah", "eval_throughput"]
+BENCHMARKS = [
+    "video_io",
+    "chat_latency",
+    "video_xl",
+    "serve_load",
+    "long_prompt",
+    "scaling",
+    "niah",
+    "disc_reading",
+    "eval_throughput",
+]
 # the full scaling run takes hours on a small CPU machine: run it by hand; niah: its defaults are the committed grid
 ARGS = {"scaling": ["--quick"]}
 

@@ -8,7 +8,17 @@ import yaml
 from safetensors.torch import load_file
 
 from longvid.compress.tome import replay, tome_merge
-from longvid.data.needles import COLOURS, SHAPES, attribute_clip, haystack, pretraining_colour
+from longvid.data.needles import (
+    BORDER,
+    CARD,
+    COLOURS,
+    SHAPES,
+    attribute_clip,
+    haystack,
+    near_colour,
+    neutral_sample,
+    pretraining_colour,
+)
 from longvid.train import train
 from test_train import TINY_INIT
 
@@ -19,6 +29,24 @@ def test_pretraining_colours_stay_away_from_every_named_colour():
     for rgb in COLOURS.values():
         assert np.linalg.norm(colours - np.array(rgb), axis=1).min() > 48
     assert colours.std(0).min() > 40  # spread over RGB
+
+
+def test_near_colours_sit_just_outside_the_named_ones():
+    rng = np.random.default_rng(0)
+    colours = np.array([near_colour(rng) for _ in range(400)])
+    named = np.array(list(COLOURS.values()))
+    distance = np.linalg.norm(colours[:, None] - named[None], axis=2)
+    assert distance.min() > 48 and distance.min(1).max() <= 72.5  # as far as pretraining colours, but next to one
+    assert len(set(distance.argmin(1).tolist())) == len(COLOURS)  # around every named colour
+    # the `near` data option paints the unnamed-colour shapes of neutral cards with them
+    shapes = 0
+    for _ in range(30):
+        card, question = neutral_sample(rng, 64, near=1.0)
+        if question.kind == "shape-word":
+            shapes += 1
+            paint = card[~(card == CARD).all(-1) & ~(card == BORDER).all(-1)][0].astype(float)
+            assert 48 < np.linalg.norm(named - paint, axis=1).min() <= 72.5
+    assert shapes > 5
 
 
 def test_attribute_clip_labels_match_the_frames():

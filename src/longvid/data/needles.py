@@ -284,7 +284,12 @@ def lookup_question(needle: Needle, rng: np.random.Generator, split: str = "all"
 
 
 def neutral_sample(
-    rng: np.random.Generator, size: int = 64, jitter: float = 0.0, letters: float = 0.0, lookalike: float = 0.0
+    rng: np.random.Generator,
+    size: int = 64,
+    jitter: float = 0.0,
+    letters: float = 0.0,
+    lookalike: float = 0.0,
+    near: float = 0.0,
 ) -> tuple[np.ndarray, NeedleQuestion]:
     """Training only: a card that shows one attribute alone, asked without naming the other one: one of the
     eight shapes in an unnamed colour (`pretraining_colour`), or a shapeless blob in a named colour.
@@ -297,11 +302,15 @@ def neutral_sample(
     where the words said circle in 8 of 8). A fraction `lookalike` of the shapes asked by letter has the
     shape's look-alike among the wrong options (a circle is then always offered with a ring): the only
     mistakes left on held-out cards were circle <-> ring, the pair that colour tells apart in training
-    (every colour shows exactly one of the two), so the difference has to be learned where it is allowed."""
+    (every colour shows exactly one of the two), so the difference has to be learned where it is allowed.
+    A fraction `near` of the shapes is painted just outside the named colours' reach (`near_colour`) instead of
+    anywhere far from them: in training the named colours' neighbourhoods tell circle from ring by colour alone,
+    and unnamed cards far away from them leave that rule standing where the held-out needles are."""
     by_letter = letters > 0 and rng.random() < letters  # no draw at 0: earlier stages' data stay as they were
     if rng.random() < 0.5:
         shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
-        card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=pretraining_colour(rng))
+        rgb = near_colour(rng) if near > 0 and rng.random() < near else pretraining_colour(rng)
+        card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=rgb)
         prefix = "Find the frame of a card. What shape is on the card?"
         if by_letter:
             near = LOOKALIKES[shape] if lookalike > 0 and rng.random() < lookalike else None
@@ -415,6 +424,20 @@ def pretraining_colour(rng: np.random.Generator, radius: float = 48.0) -> tuple[
             return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
+def near_colour(rng: np.random.Generator, radius: float = 48.0, width: float = 24.0) -> tuple[int, int, int]:
+    """A colour `radius` to `radius + width` away from a random named colour and at least `radius` from all of
+    them: as far from every needle as `pretraining_colour`, but next to one."""
+    named = np.array(list(COLOURS.values()))
+    while True:
+        direction = rng.normal(size=3)
+        centre = named[int(rng.integers(0, len(named)))]
+        rgb = np.round(centre + direction / np.linalg.norm(direction) * rng.uniform(radius, radius + width))
+        if rgb.min() < 0 or rgb.max() > 255:
+            continue
+        if np.abs(rgb - np.array(CARD)).sum() > 60 and np.linalg.norm(named - rgb, axis=1).min() > radius:
+            return int(rgb[0]), int(rgb[1]), int(rgb[2])
+
+
 def attribute_clip(
     frames: int,
     rng: np.random.Generator,
@@ -473,6 +496,7 @@ def training_sample(
     pointer: float = 0.0,
     neutral_letters: float = 0.0,
     lookalike: float = 0.0,
+    near: float = 0.0,
 ) -> tuple[np.ndarray, list[NeedleQuestion]]:
     """A haystack of `num_frames` frames with one needle (or a chain of `hops` cards) at random places,
     plus up to `distractors` other cards (other shapes and colours).
@@ -484,7 +508,7 @@ def training_sample(
     hay = list(haystack(num_frames, size, int(rng.integers(0, 2**31))))
     repeat = int(rng.integers(1, 5))  # a needle lasts 1-4 frames: inside a clip or filling one
     if hops <= 1 and rng.random() < neutral:
-        card, question = neutral_sample(rng, size, jitter, neutral_letters, lookalike)
+        card, question = neutral_sample(rng, size, jitter, neutral_letters, lookalike, near)
         return np.stack(insert(hay, [[card] * repeat], [int(rng.integers(0, num_frames + 1))])), [question]
     if hops <= 1:
         cards = [random_needle(rng, split)]
@@ -564,6 +588,7 @@ def write_training_set(
     pointer: float = 0.0,
     neutral_letters: float = 0.0,
     lookalike: float = 0.0,
+    near: float = 0.0,
 ) -> Path:
     """`samples` records in the LLaVA training format (`records.jsonl`): videos as .npy arrays at 1 fps
     with their questions as a multi-turn conversation, and a fraction `text` of text-only records (the
@@ -593,6 +618,7 @@ def write_training_set(
                 pointer=pointer,
                 neutral_letters=neutral_letters,
                 lookalike=lookalike,
+                near=near,
             )
             name = f"videos/{i:06d}.npy"
             np.save(folder / name, video)

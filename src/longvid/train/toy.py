@@ -51,6 +51,7 @@ NEEDLE_DEFAULTS: dict[str, Any] = {
     "pointer": 0.0,
     "neutral_letters": 0.0,
     "lookalike": 0.0,
+    "near": 0.0,
     "hops": [1],
     "split": "train",
     "seed": 0,
@@ -142,6 +143,7 @@ def _write(folder: Path, spec: dict[str, Any]) -> None:
             pointer=float(spec["pointer"]),
             neutral_letters=float(spec["neutral_letters"]),
             lookalike=float(spec["lookalike"]),
+            near=float(spec["near"]),
         )
         return
     from PIL import Image
