@@ -417,11 +417,16 @@ def pretraining_colour(rng: np.random.Generator, radius: float = 48.0) -> tuple[
     away from all eight named colours. So colour says nothing about shape (a colour kept away only from
     held-out pairs would itself be a cue), and no needle the model is asked about, held out or not, is
     ever seen in pre-training."""
-    named = np.array(list(COLOURS.values()))
     while True:
         rgb = rng.integers(0, 256, 3)
-        if np.abs(rgb - np.array(CARD)).sum() > 60 and np.linalg.norm(named - rgb, axis=1).min() > radius:
+        if _unnamed(rgb, radius):
             return int(rgb[0]), int(rgb[1]), int(rgb[2])
+
+
+def _unnamed(rgb: np.ndarray, radius: float) -> bool:
+    """Distinct from the card and more than `radius` away from every named colour."""
+    named = np.array(list(COLOURS.values()))
+    return bool(np.abs(rgb - np.array(CARD)).sum() > 60 and np.linalg.norm(named - rgb, axis=1).min() > radius)
 
 
 def near_colour(rng: np.random.Generator, radius: float = 48.0, width: float = 24.0) -> tuple[int, int, int]:
@@ -432,9 +437,7 @@ def near_colour(rng: np.random.Generator, radius: float = 48.0, width: float = 2
         direction = rng.normal(size=3)
         centre = named[int(rng.integers(0, len(named)))]
         rgb = np.round(centre + direction / np.linalg.norm(direction) * rng.uniform(radius, radius + width))
-        if rgb.min() < 0 or rgb.max() > 255:
-            continue
-        if np.abs(rgb - np.array(CARD)).sum() > 60 and np.linalg.norm(named - rgb, axis=1).min() > radius:
+        if 0 <= rgb.min() and rgb.max() <= 255 and _unnamed(rgb, radius):
             return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
