@@ -313,8 +313,8 @@ def neutral_sample(
         card = needle_card(Needle(shape, "red"), size, int(rng.integers(0, 2**31)), rgb=rgb)
         prefix = "Find the frame of a card. What shape is on the card?"
         if by_letter:
-            near = LOOKALIKES[shape] if lookalike > 0 and rng.random() < lookalike else None
-            options, letter = _options(shape, list(SHAPES), rng, include=near)
+            twin = LOOKALIKES[shape] if lookalike > 0 and rng.random() < lookalike else None
+            options, letter = _options(shape, list(SHAPES), rng, include=twin)
             return card, NeedleQuestion(_format(prefix, options), letter, "shape")
         return card, NeedleQuestion(prefix, f"It is {article(shape)}.", "shape-word")
     colour = list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
