@@ -1,7 +1,7 @@
 """How the bundled model tells a ring from a circle: by the card's colour (a pair training shows or one held
 out), by haystack length, and with or without the colour named in the question.
 
-    python benchmarks/disc_reading.py                    # 8 and 256 frames -> results/disc_reading.{json,png}
+    python benchmarks/disc_reading.py                    # 8, 256, 1,000 frames -> results/disc_reading.{json,png}
     python benchmarks/disc_reading.py --frames 8 --videos 2
 
 Each card (a ring or a circle in one of the eight named colours, or in far unnamed colours) is spliced into
@@ -124,7 +124,7 @@ def plot(summary: list[dict], path: Path) -> None:
     ]
     values = [s["right"] / s["asked"] for s in summary if s["shape"] == "ring"]
     circle = [s["right"] / s["asked"] for s in summary if s["shape"] == "circle"]
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig, ax = plt.subplots(figsize=(max(10.0, 0.95 * len(labels)), 3.6))
     x = np.arange(len(labels))
     ax.bar(x - 0.2, values, 0.4, label="ring")
     ax.bar(x + 0.2, circle[: len(labels)], 0.4, label="circle (same setting)")
@@ -139,7 +139,7 @@ def plot(summary: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", default="8,256", help="haystack lengths (card included)")
+    ap.add_argument("--frames", default="8,256,1000", help="haystack lengths (card included)")
     ap.add_argument("--videos", type=int, default=6, help="haystacks per named colour (far colours: 4x)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "disc_reading.json")
     args = ap.parse_args()
