@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import sys
@@ -36,6 +37,20 @@ def by_kind(records: list[dict]) -> dict[str, dict[str, float]]:
     return {f: {k: sum(v) / len(v) for k, v in kinds.items()} for f, kinds in out.items()}
 
 
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured as correct / n."""
+    p, d = correct / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def all_cells_pass(p: float, n: int, cells: int, floor: float = 0.9) -> float:
+    """Chance that every one of `cells` cells of n needles scores >= floor if each needle is right with chance p."""
+    need = math.ceil(floor * n - 1e-9)
+    one = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(need, n + 1))
+    return one**cells
+
+
 def run_part(model, name: str, settings, out: Path) -> dict:
     from longvid.niah.harness import run_niah
 
@@ -43,6 +58,12 @@ def run_part(model, name: str, settings, out: Path) -> dict:
     records = [json.loads(line) for line in (out / name / "trials.jsonl").read_text().splitlines()]
     # the trials' own times, so a resumed run still reports what the whole part cost
     return {"summary": summary, "by_kind": by_kind(records), "seconds": round(sum(r["seconds"] for r in records), 1)}
+
+
+def interval(row: dict) -> str:
+    """'94% (84-98%)': accuracy over a length's needles with its 95% interval."""
+    lo, hi = wilson(round(row["accuracy"] * row["trials"]), row["trials"])
+    return f"{row['accuracy']:.0%} ({lo:.0%}-{hi:.0%})"
 
 
 def table(results: dict) -> str:
@@ -57,9 +78,7 @@ def table(results: dict) -> str:
         for part in single:
             p = results["parts"][part]
             lines.append(
-                f"| {part} | all | "
-                + " | ".join(f"{p['summary']['by_frames'][f]['accuracy']:.0%}" for f in frames)
-                + " |"
+                f"| {part} | all | " + " | ".join(interval(p["summary"]["by_frames"][f]) for f in frames) + " |"
             )
             for kind in ("shape", "color"):
                 lines.append(
@@ -72,9 +91,12 @@ def table(results: dict) -> str:
             cells = results["parts"][part]["summary"]["cells"]
             worst = min(cells, key=lambda c: c["accuracy"])
             below = sum(c["accuracy"] < 0.9 for c in cells)
+            total = results["parts"][part]["summary"]
+            chance = all_cells_pass(total["accuracy"], cells[0]["trials"], len(cells))
             lines.append(
                 f"Cells (length x depth) under 90%, {part}: {below} of {len(cells)}; worst {worst['accuracy']:.0%} "
-                f"at {worst['frames']} frames, depth {worst['depth']}."
+                f"at {worst['frames']} frames, depth {worst['depth']} (a model right {total['accuracy']:.1%} of the "
+                f"time has all {len(cells)} cells of {cells[0]['trials']} needles at >= 90% with chance {chance:.2f})."
             )
     if "multihop" in results["parts"]:
         m = results["parts"]["multihop"]["summary"]
@@ -94,7 +116,8 @@ def table(results: dict) -> str:
     lines.append("")
     lines.append(
         f"Seed {s['seed']}, {s['trials']} needles per cell, depths {s['depths']}, official letter scoring "
-        f"(teacher-forced); {results['machine']}; written by `benchmarks/niah.py`."
+        f"(teacher-forced); in brackets the 95% (Wilson) interval; {results['machine']}; written by "
+        "`benchmarks/niah.py`."
     )
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ from longvid.train.data import (
     with_image_first,
 )
 from longvid.train.lora import base_name, is_lora_key
+from longvid.train.module import load_for_training
 from longvid.train.toy import generate, synthetic_specs
 
 TINY_INIT = {
@@ -330,6 +331,7 @@ def test_a_bug_in_our_code_fails_the_run_instead_of_skipping(tmp_path, monkeypat
         (["--max-steps", "-1"], "--max-steps must be at least 1"),
         (["--set", "trainable.llm=-0.001"], "trainable.llm must be a learning rate >= 0"),
         (["--set", "optim.warmup_ratio=2"], "warmup_ratio must be between 0 and 1"),
+        (["--set", "model.layers=0"], "model.layers must be at least 1"),
     ],
 )
 def test_negative_or_zero_settings_are_refused(tmp_path, capfd, args, needle):
@@ -762,3 +764,22 @@ def test_needle_recipe_is_a_valid_short_to_long_curriculum():
     hops = [s for s in stages if s.name == "hops"][0].data.synthetic  # chains, with their hops asked one by one
     assert hops["pointer"] > 0 and sum(k > 1 for k in hops["hops"]) > len(hops["hops"]) / 2
     assert stages[-2].model.set == {"use_pos_skipping": True} and not stages[-1].model.set  # kept in long2
+
+
+def test_model_layers_deepens_the_llm_without_changing_its_output():
+    tiny = Path(longvid.__file__).parent / "assets/tiny_model"
+    base, grown = load_for_training(tiny), load_for_training(tiny, layers=6)
+    assert grown.config["num_hidden_layers"] == 6 and len(grown.model.llm.model.layers) == 6
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = (m.model.llm.logits(m.model.llm(m.model.llm.embed(ids)).hidden) for m in (base, grown))
+    assert torch.allclose(before, after, atol=1e-5) and before.abs().max() > 1
+    state = grown.model.state_dict()
+    # the new layers (3 and 5) copy layers 2 and 3 and start with zero output projections
+    assert torch.equal(
+        state["llm.model.layers.3.self_attn.q_proj.weight"], state["llm.model.layers.2.self_attn.q_proj.weight"]
+    )
+    assert state["llm.model.layers.5.mlp.down_proj.weight"].abs().sum() == 0
+    assert state["llm.model.layers.4.mlp.down_proj.weight"].abs().sum() > 0
+    with pytest.raises(ConfigError, match="grow 4 LLM layers to 4..8"):
+        load_for_training(tiny, layers=9)

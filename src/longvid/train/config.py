@@ -12,6 +12,7 @@ stage starts from the previous stage's final weights unless it names its own `mo
       init: {hidden: 64, ...}        # ... or a random tiny one made with longvid.tiny (no files needed)
       set: {mm_local_num_frames: 4}  # config.json overrides, saved with the weights
       resolution: 448                # frame size S (UMT: picks umt-hd-large / umt-large)
+      layers: 6                      # deepen the LLM: new layers start as no-ops (longvid.train.module.deepen)
       precision: bf16                # fp32, or bf16 autocast over fp32 master weights
       gradient_checkpointing: true
     trainable:                       # learning rate per module; absent or null = frozen
@@ -53,6 +54,7 @@ class ModelSpec:
     init: dict[str, Any] | None = None  # kwargs of longvid.tiny.tiny_videochat_flash_config, plus seed
     set: dict[str, Any] = field(default_factory=dict)
     resolution: int | None = None
+    layers: int | None = None  # grow the LLM to this many decoder layers, computing what it did before
     precision: str = "fp32"
     gradient_checkpointing: bool = False
 
@@ -174,6 +176,7 @@ class StageConfig:
             raise ConfigError(f"stage {self.name}: give model.path (a checkpoint folder) or model.init")
         checks = [
             (self.model.precision in ("fp32", "bf16"), "model.precision must be fp32 or bf16"),
+            (self.model.layers is None or self.model.layers >= 1, "model.layers must be at least 1"),
             (self.data.sample in ("dynamic_fps1", "middle", "all"), "data.sample must be dynamic_fps1, middle or all"),
             (self.data.template in ("qwen", "plain"), "data.template must be qwen or plain"),
             (self.data.labels in ("official", "answers"), "data.labels must be official or answers"),

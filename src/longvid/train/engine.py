@@ -201,7 +201,7 @@ class StageRunner:
             loaded = load_for_training(resume_from, base=str(source) if stage.lora else None)
             loaded.files_from = source  # checkpoints come and go; the tokenizer stays with the source
             return loaded
-        loaded = load_for_training(source, self.overrides(source))
+        loaded = load_for_training(source, self.overrides(source), layers=stage.model.layers)
         if loaded.lora is not None:  # the source is a LoRA folder: continue from its merged weights
             merge(loaded.model)
             loaded.lora = None

@@ -67,15 +67,44 @@ def build_with_weights(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
     return module
 
 
+def deepen(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], layers: int) -> None:
+    """Grow the LLM to `layers` decoder layers in place, without changing what it computes.
+
+    Each new layer is a copy of the layer before it, inserted after the last ones, with its attention
+    output and MLP down projections zeroed: both residual branches add nothing until training moves them
+    (depth up-scaling with an identity start, so a trained model only gains capacity).
+    """
+    old = int(cfg["num_hidden_layers"])
+    extra = layers - old
+    if not 0 <= extra <= old:
+        raise ConfigError(f"model.layers {layers}: can grow {old} LLM layers to {old}..{2 * old}, not shrink them")
+    order = [(i, copy) for i in range(old) for copy in ([False, True] if i >= old - extra else [False])]
+    layer = {i: {} for i in range(old)}
+    for key in [k for k in tensors if k.startswith("model.layers.")]:
+        index, name = key[len("model.layers.") :].split(".", 1)
+        layer[int(index)][name] = tensors.pop(key)
+    for j, (i, copy) in enumerate(order):
+        for name, t in layer[i].items():
+            zero = copy and name in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+            tensors[f"model.layers.{j}.{name}"] = torch.zeros_like(t) if zero else t.clone() if copy else t
+    cfg["num_hidden_layers"] = layers
+
+
 def load_for_training(
-    path: str | Path, overrides: dict[str, Any] | None = None, base: str | None = None
+    path: str | Path, overrides: dict[str, Any] | None = None, base: str | None = None, layers: int | None = None
 ) -> LoadedModel:
-    """A checkpoint folder (or hub id), or a LoRA adapter folder whose base is `base` or recorded inside."""
+    """A checkpoint folder (or hub id), or a LoRA adapter folder whose base is `base` or recorded inside;
+    `layers` deepens a full checkpoint's LLM (`deepen`)."""
     folder = resolve(path)
     cfg = read_config(folder)
     cfg.update(overrides or {})
     if not (folder / ADAPTER_CONFIG).is_file():
-        return LoadedModel(build_with_weights(cfg, read_weights(folder)), cfg, folder)
+        tensors = read_weights(folder)
+        if layers is not None:
+            deepen(cfg, tensors, layers)
+        return LoadedModel(build_with_weights(cfg, tensors), cfg, folder)
+    if layers is not None:
+        raise ConfigError("model.layers grows full checkpoints, not LoRA adapters (merge the adapter first)")
     spec, recorded = read_adapter_config(folder)
     base = base or recorded
     if not base:
