@@ -2,6 +2,8 @@
 
     python benchmarks/niah.py                     # the README's table (seed 2026: never used in training)
     python benchmarks/niah.py --trials 1 --quick  # a smoke run
+    python benchmarks/niah.py --seed 3033 --parts pixel,embedding,multihop \
+        --out benchmarks/results/niah_seed3033 --results benchmarks/results/niah_seed3033.json   # the replication
 
 Needles are shape x colour pairs held out of training (`split="test"`), on a seed no training stage or
 tuning run used. Every trial is kept in benchmarks/results/niah/<part>/trials.jsonl (resumable); the
@@ -122,6 +124,46 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def replication(results: dict, main: dict) -> str:
+    """Two lines: the same grid on another fresh seed, then both seeds pooled."""
+    parts, seed = results["parts"], results["settings"]["seed"]
+    single = [p for p in ("pixel", "embedding") if p in parts and p in main["parts"]]
+
+    def lengths(rows: list[dict]) -> str:
+        return " / ".join(f"{r['accuracy']:.0%}" for r in rows)
+
+    alone, pooled = [], []
+    for part in single:
+        mine, theirs = parts[part]["summary"], main["parts"][part]["summary"]
+        cells = mine["cells"]
+        alone.append(
+            f"{part} {lengths(mine['by_frames'].values())} ({sum(c['accuracy'] < 0.9 for c in cells)} of "
+            f"{len(cells)} cells under 90%)"
+        )
+        both = [
+            {"accuracy": (a["accuracy"] * a["trials"] + b["accuracy"] * b["trials"]) / (a["trials"] + b["trials"])}
+            for f, a in mine["by_frames"].items()
+            for b in [theirs["by_frames"][f]]
+        ]
+        n = mine["by_frames"][next(iter(mine["by_frames"]))]["trials"] * 2
+        other = {(c["frames"], c["depth"]): c for c in theirs["cells"]}
+        low = sum(c["accuracy"] + other[c["frames"], c["depth"]]["accuracy"] < 1.8 - 1e-9 for c in cells)
+        pooled.append(f"{part} {lengths(both)} ({n} needles per length; {low} of {len(cells)} cells under 90%)")
+    if "multihop" in parts and "multihop" in main["parts"]:
+        a, b = parts["multihop"]["summary"], main["parts"]["multihop"]["summary"]
+        alone.append(f"multi-hop {a['both_correct']:.0%} of {a['trials']} chains")
+        chains = a["trials"] + b["trials"]
+        pooled.append(
+            f"multi-hop {(a['both_correct'] * a['trials'] + b['both_correct'] * b['trials']) / chains:.0%} of {chains}"
+            " chains"
+        )
+    frames = " / ".join(parts[single[0]]["summary"]["by_frames"]) if single else ""
+    return (
+        f"\nThe same grid on another fresh seed ({seed}; {frames} frames): " + "; ".join(alone) + ".\n"
+        f"Both seeds ({main['settings']['seed']} and {seed}) together: " + "; ".join(pooled) + "."
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled tiny model)")
@@ -136,15 +178,24 @@ def main() -> int:
     ap.add_argument("--chains", type=int, default=20)
     ap.add_argument("--parts", default="pixel,embedding,multihop,beyond")
     ap.add_argument("--quick", action="store_true", help="250 and 500 frames, depths 0 and 1")
-    ap.add_argument("--out", type=Path, default=RESULTS / "niah")
+    ap.add_argument("--out", type=Path, default=RESULTS / "niah", help="trials and heatmaps, one folder per part")
+    ap.add_argument("--results", type=Path, default=RESULTS / "niah.json", help="the table's results file")
     ap.add_argument("--readme", action="store_true", help="rewrite the README table from the results file")
+    ap.add_argument(
+        "--replication",
+        type=Path,
+        nargs="*",
+        default=sorted(RESULTS.glob("niah_seed*.json")),
+        help="with --readme: results files of other fresh seeds, summarised under the table",
+    )
     args = ap.parse_args()
     if args.readme:
-        results = json.loads((RESULTS / "niah.json").read_text())
+        results = json.loads(args.results.read_text())
         text = README.read_text()
         if START not in text:
             sys.exit(f"{README}: no {START} marker")
-        README.write_text(re.sub(f"{START}.*?{END}", lambda _: f"{START}\n{table(results)}\n{END}", text, flags=re.S))
+        body = "\n".join([table(results), *(replication(json.loads(p.read_text()), results) for p in args.replication)])
+        README.write_text(re.sub(f"{START}.*?{END}", lambda _: f"{START}\n{body}\n{END}", text, flags=re.S))
         return 0
 
     import longvid
@@ -182,8 +233,8 @@ def main() -> int:
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, Python "
         f"{platform.python_version()}, torch {torch.__version__}",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "niah.json").write_text(json.dumps(results, indent=1))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
 
