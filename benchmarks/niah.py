@@ -164,6 +164,42 @@ def replication(results: dict, main: dict) -> str:
     )
 
 
+def chain_misses(folder: Path, results: dict) -> str:
+    """What the multi-hop chains got wrong, from their trials: which caption a wrong answer picked."""
+    from longvid.niah.harness import NiahSettings, make_trial
+
+    path = folder / "multihop" / "trials.jsonl"
+    if "multihop" not in results["parts"] or not path.is_file():
+        return ""
+    s = results["settings"]
+    settings = NiahSettings(frames=[s["multihop_frames"]], hops=s["hops"], seed=s["seed"])
+    picked: dict[str, int] = defaultdict(int)
+    colour_only = 0
+    for record in map(json.loads, path.read_text().splitlines()):
+        caption, colour = record["questions"]
+        colour_only += caption["correct"] and not colour["correct"]
+        if caption["correct"]:
+            continue
+        trial = make_trial(settings, record["frames"], None, record["trial"])
+        options = dict(re.findall(r"\(([A-D])\) ([^\n]+)", trial.questions[0].question))
+        chosen, cards = options.get(caption["teacher_forced"], ""), trial.description.split(" -> ")
+        shape = chosen.rsplit(" ", 1)[-1]
+        if chosen in cards[:-1]:
+            picked["an earlier card of the chain"] += 1
+        elif shape == cards[-1].rsplit(" ", 1)[-1]:
+            picked["the final card's shape in another colour"] += 1
+        elif shape in [c.rsplit(" ", 1)[-1] for c in cards[:-1]]:
+            picked["an earlier card's shape in another colour"] += 1
+        else:
+            picked["a shape not in the chain"] += 1
+    chains = results["parts"]["multihop"]["summary"]["trials"]
+    said = ", ".join(f"{k} {v}" for k, v in sorted(picked.items(), key=lambda kv: -kv[1]))
+    return (
+        f"Multi-hop misses, seed {s['seed']}: {sum(picked.values())} caption questions wrong ({said}), "
+        f"and {colour_only} of {chains} chains with only the colour question wrong."
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled tiny model)")
@@ -194,7 +230,9 @@ def main() -> int:
         text = README.read_text()
         if START not in text:
             sys.exit(f"{README}: no {START} marker")
-        body = "\n".join([table(results), *(replication(json.loads(p.read_text()), results) for p in args.replication)])
+        others = [(p.with_suffix(""), json.loads(p.read_text())) for p in args.replication]
+        misses = [chain_misses(folder, r) for folder, r in [(args.results.with_suffix(""), results), *others]]
+        body = "\n".join([table(results), *(replication(r, results) for _, r in others), "", *filter(None, misses)])
         README.write_text(re.sub(f"{START}.*?{END}", lambda _: f"{START}\n{body}\n{END}", text, flags=re.S))
         return 0
 
