@@ -770,6 +770,7 @@ def test_model_layers_deepens_the_llm_without_changing_its_output():
     tiny = Path(longvid.__file__).parent / "assets/tiny_model"
     base, grown = load_for_training(tiny), load_for_training(tiny, layers=6)
     assert grown.config["num_hidden_layers"] == 6 and len(grown.model.llm.model.layers) == 6
+    assert base.config["llm_compress_layer_list"] == [2] and grown.config["llm_compress_layer_list"] == [2]
     ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before, after = (m.model.llm.logits(m.model.llm(m.model.llm.embed(ids)).hidden) for m in (base, grown))
@@ -781,5 +782,6 @@ def test_model_layers_deepens_the_llm_without_changing_its_output():
     )
     assert state["llm.model.layers.5.mlp.down_proj.weight"].abs().sum() == 0
     assert state["llm.model.layers.4.mlp.down_proj.weight"].abs().sum() > 0
-    with pytest.raises(ConfigError, match="grow 4 LLM layers to 4..8"):
+    assert load_for_training(tiny, layers=8).config["llm_compress_layer_list"] == [4]  # still before old layer 2
+    with pytest.raises(ConfigError, match="an LLM of 4 layers can grow to 4..8 layers"):
         load_for_training(tiny, layers=9)

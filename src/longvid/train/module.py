@@ -70,16 +70,16 @@ def build_with_weights(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
 def deepen(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], layers: int) -> None:
     """Grow the LLM to `layers` decoder layers in place, without changing what it computes.
 
-    Each new layer is a copy of the layer before it, inserted after the last ones, with its attention
-    output and MLP down projections zeroed: both residual branches add nothing until training moves them
-    (depth up-scaling with an identity start, so a trained model only gains capacity).
+    Each of the last `layers - n` layers gets a copy right after it whose attention output and MLP down
+    projections are zeroed: both residual branches add nothing until training moves them (depth up-scaling
+    with an identity start, so a trained model only gains capacity). Token-drop layer indices follow.
     """
     old = int(cfg["num_hidden_layers"])
     extra = layers - old
     if not 0 <= extra <= old:
-        raise ConfigError(f"model.layers {layers}: can grow {old} LLM layers to {old}..{2 * old}, not shrink them")
+        raise ConfigError(f"model.layers {layers}: an LLM of {old} layers can grow to {old}..{2 * old} layers")
     order = [(i, copy) for i in range(old) for copy in ([False, True] if i >= old - extra else [False])]
-    layer = {i: {} for i in range(old)}
+    layer: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(old)}
     for key in [k for k in tensors if k.startswith("model.layers.")]:
         index, name = key[len("model.layers.") :].split(".", 1)
         layer[int(index)][name] = tensors.pop(key)
@@ -87,6 +87,9 @@ def deepen(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], layers: int) -
         for name, t in layer[i].items():
             zero = copy and name in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
             tensors[f"model.layers.{j}.{name}"] = torch.zeros_like(t) if zero else t.clone() if copy else t
+    moved = {i: j for j, (i, copy) in enumerate(order) if not copy}
+    if cfg.get("llm_compress_layer_list"):  # token dropping before layer i stays before the same layer
+        cfg["llm_compress_layer_list"] = [moved.get(i, i + extra) for i in cfg["llm_compress_layer_list"]]
     cfg["num_hidden_layers"] = layers
 
 
